@@ -1,0 +1,82 @@
+"""The local MLflow server: started once, reused, refused on a foreign port, stopped by process id."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops_day28.server import (TrackingServerError, _alive, ensure_tracking_server, free_port, port_is_open,
+                                start_tracking_server)
+
+MLOPS_MLFLOW = str(Path(sys.executable).parent / "mlops-mlflow")
+
+
+def cli(*args, cwd, port):
+    env = {**os.environ, "MLFLOW_PORT": str(port)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([MLOPS_MLFLOW, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=180)
+
+
+def test_cli_start_status_stop_by_recorded_pid(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")  # a project of its own: state goes to tmp_path/.mlflow
+    port = free_port()
+    r = cli("start", cwd=tmp_path, port=port)
+    assert r.returncode == 0, r.stderr
+    assert f"MLflow server started: http://127.0.0.1:{port}" in r.stdout
+    record = json.loads((tmp_path / ".mlflow" / "server.json").read_text())
+    pid = record["pid"]
+    try:
+        assert _alive(pid) and port_is_open(port)
+        assert (tmp_path / ".mlflow" / "mlflow.db").exists()
+        again = cli("start", cwd=tmp_path, port=port)
+        assert "already running" in again.stdout
+        status = cli("status", cwd=tmp_path, port=port)
+        assert status.returncode == 0 and f"(pid {pid})" in status.stdout
+    finally:
+        stop = cli("stop", cwd=tmp_path, port=port)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert not _alive(pid) and not port_is_open(port)
+    assert not (tmp_path / ".mlflow" / "server.json").exists()
+    assert cli("status", cwd=tmp_path, port=port).returncode == 1
+    assert "no MLflow server recorded" in cli("stop", cwd=tmp_path, port=port).stdout
+
+
+def test_port_held_by_something_else_is_named(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("start", cwd=tmp_path, port=port)
+    assert r.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use by something that is not an MLflow server" in r.stderr
+    assert f"MLFLOW_PORT={port + 1}" in r.stderr
+    assert not (tmp_path / ".mlflow" / "server.json").exists()
+
+
+def test_bad_mlflow_port_is_named(tmp_path):
+    r = cli("start", cwd=tmp_path, port="five")
+    assert r.returncode == 1 and "MLFLOW_PORT='five' is not a port number" in r.stderr
+
+
+def test_tracking_uri_that_is_down_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TrackingServerError, match="does not answer as an MLflow server"):
+        ensure_tracking_server()
+
+
+def test_a_given_tracking_uri_is_used_not_started(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    server = ensure_tracking_server(tmp_path)
+    assert server.uri == tracking_uri and not server.started
+    assert not (tmp_path / ".mlflow").exists()
+
+
+def test_server_that_dies_at_start_shows_its_log(tmp_path):
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "mlflow.db").write_text("this is not a sqlite database")
+    with pytest.raises(TrackingServerError, match="exited with code .* before it was healthy"):
+        start_tracking_server(port=free_port(), root=tmp_path, timeout=120)
+    assert not (tmp_path / ".mlflow" / "server.json").exists()
