@@ -18,11 +18,13 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from .config import find_project_root
 
 # %% auto #0
 __all__ = ['DEFAULT_PORT', 'HOST', 'port_is_open', 'mlflow_version_at', 'free_port', 'TrackingServerError', 'TrackingServer',
-           'state_dir', 'start_tracking_server', 'stop_tracking_server', 'recorded_server', 'ensure_tracking_server',
+           'state_dir', 'start_tracking_server', 'recorded_server', 'stop_tracking_server', 'ensure_tracking_server',
            'setup_mlflow', 'main']
 
 # %% ../nbs/00d_server.ipynb #58e414a0
@@ -92,8 +94,12 @@ def start_tracking_server(port: int | None = None,     # default: $MLFLOW_PORT, 
     port = port or _port_from_env()
     uri = f"http://{HOST}:{port}"
     state = state_dir(root)
+    running = recorded_server(root)
+    if running and running.uri != uri:
+        raise TrackingServerError(f"this project's MLflow server is already running at {running.uri} (pid {running.pid}); "
+                                  f"use it (MLFLOW_PORT={running.uri.rsplit(':', 1)[1]}) or stop it first (make stop)")
     if port_is_open(port):
-        if mlflow_version_at(uri): return TrackingServer(uri=uri, root=str(state))
+        if mlflow_version_at(uri): return TrackingServer(uri=uri, pid=running.pid if running else None, root=str(state))
         raise TrackingServerError(
             f"port {port} on {HOST} is in use by something that is not an MLflow server "
             f"(on macOS, AirPlay Receiver uses 5000). Pick another port: MLFLOW_PORT={port + 1} make workbook")
@@ -125,42 +131,44 @@ def start_tracking_server(port: int | None = None,     # default: $MLFLOW_PORT, 
                               f"see {log_path}. If a stale .mlflow/mlflow.db is the cause, `make reset` starts afresh.")
 
 # %% ../nbs/00d_server.ipynb #bfeb66ad
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
+def _running(pid: int) -> bool:
+    "Whether `pid` is a live process (a zombie waiting to be reaped counts as gone)."
+    try: return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess: return False
+
+def _is_mlflow_server(pid: int) -> bool:
+    "Whether `pid` runs `mlflow server` (a recorded pid may have been reused by another program since)."
+    try: cmd = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied): return False
+    return "server" in cmd and any(Path(c).name.startswith("mlflow") or c == "mlflow" for c in cmd)
 
 def _stop_pid(pid: int, timeout: float = 15.0) -> None:
-    "SIGTERM the process group `pid` leads, then SIGKILL it if it has not gone within `timeout`."
+    "SIGTERM the process group `pid` leads, then SIGKILL what is left of it after `timeout`."
     try: os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError: return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid: break  # our own child: reap it
-        except ChildProcessError:
-            if not _alive(pid): break
+        try: os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+        except ChildProcessError: pass
+        if not _running(pid): break
         time.sleep(0.1)
-    try: os.killpg(pid, signal.SIGKILL)  # whatever is left of the group
+    try: os.killpg(pid, signal.SIGKILL)  # the group's other processes (uvicorn workers), if any remain
     except ProcessLookupError: pass
 
-def stop_tracking_server(root: str | Path | None = None, # the project whose server to stop (default: this one)
-                        ) -> bool:
-    "Stop the server recorded in `.mlflow/server.json` (by process id); False if none was recorded."
-    record = state_dir(root)/"server.json"
-    if not record.exists(): return False
-    pid = json.loads(record.read_text()).get("pid")
-    if pid and _alive(pid): _stop_pid(pid)
-    record.unlink(missing_ok=True)
-    return True
-
 def recorded_server(root: str | Path | None = None) -> TrackingServer | None:
-    "The server recorded in `.mlflow/server.json`, if its process is still alive."
+    "The server recorded in `.mlflow/server.json`, if that process is still a running MLflow server."
     record = state_dir(root)/"server.json"
     if not record.exists(): return None
     server = TrackingServer(**json.loads(record.read_text()))
-    return server if server.pid and _alive(server.pid) else None
+    return server if server.pid and _running(server.pid) and _is_mlflow_server(server.pid) else None
+
+def stop_tracking_server(root: str | Path | None = None, # the project whose server to stop (default: this one)
+                        ) -> bool:
+    "Stop the server recorded in `.mlflow/server.json`, by its process id; False if none is running."
+    server = recorded_server(root)
+    if server: _stop_pid(server.pid)
+    (state_dir(root)/"server.json").unlink(missing_ok=True)  # also a stale record: nothing to stop
+    return server is not None
 
 # %% ../nbs/00d_server.ipynb #43f107a5
 def ensure_tracking_server(root: str | Path | None = None, # project whose .mlflow/ to use when starting one
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"MLflow server {'started' if srv.started else 'already running'}: {srv.uri}"
                   + (f" (pid {srv.pid}, state in {srv.root})" if srv.started else ""))
         elif args.action == "stop":
-            print("MLflow server stopped" if stop_tracking_server() else "no MLflow server recorded in .mlflow/server.json")
+            print("MLflow server stopped" if stop_tracking_server() else "no running MLflow server recorded in .mlflow/server.json")
         else:
             rec, port = recorded_server(), args.port or _port_from_env()
             uri = rec.uri if rec else f"http://{HOST}:{port}"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops_day28.server import (TrackingServerError, _alive, ensure_tracking_server, free_port, port_is_open,
-                                start_tracking_server)
+from mlops_day28.server import (TrackingServerError, _running, ensure_tracking_server, free_port, port_is_open,
+                                start_tracking_server, stop_tracking_server)
 
 MLOPS_MLFLOW = str(Path(sys.executable).parent / "mlops-mlflow")
 
@@ -29,7 +29,7 @@ def test_cli_start_status_stop_by_recorded_pid(tmp_path):
     record = json.loads((tmp_path / ".mlflow" / "server.json").read_text())
     pid = record["pid"]
     try:
-        assert _alive(pid) and port_is_open(port)
+        assert _running(pid) and port_is_open(port)
         assert (tmp_path / ".mlflow" / "mlflow.db").exists()
         again = cli("start", cwd=tmp_path, port=port)
         assert "already running" in again.stdout
@@ -38,10 +38,33 @@ def test_cli_start_status_stop_by_recorded_pid(tmp_path):
     finally:
         stop = cli("stop", cwd=tmp_path, port=port)
     assert stop.returncode == 0 and "stopped" in stop.stdout
-    assert not _alive(pid) and not port_is_open(port)
+    assert not _running(pid) and not port_is_open(port)
     assert not (tmp_path / ".mlflow" / "server.json").exists()
     assert cli("status", cwd=tmp_path, port=port).returncode == 1
-    assert "no MLflow server recorded" in cli("stop", cwd=tmp_path, port=port).stdout
+    assert "no running MLflow server recorded" in cli("stop", cwd=tmp_path, port=port).stdout
+
+
+def test_stale_record_never_kills_another_program(tmp_path):
+    """A pid in .mlflow/server.json that now belongs to something else is not signalled."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (tmp_path / ".mlflow").mkdir()
+        (tmp_path / ".mlflow" / "server.json").write_text(json.dumps({"uri": "http://127.0.0.1:1", "pid": other.pid}))
+        assert stop_tracking_server(tmp_path) is False
+        assert other.poll() is None  # still running
+        assert not (tmp_path / ".mlflow" / "server.json").exists()  # the stale record is gone
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_second_server_on_another_port_is_refused(tmp_path):
+    first = start_tracking_server(port=free_port(), root=tmp_path)
+    try:
+        with pytest.raises(TrackingServerError, match=f"already running at {first.uri}"):
+            start_tracking_server(port=free_port(), root=tmp_path)
+    finally:
+        assert stop_tracking_server(tmp_path)
 
 
 def test_port_held_by_something_else_is_named(tmp_path):
