@@ -37,7 +37,7 @@ test: install ## the tests in tests/ and every notebook executed by nbval
 
 lab: install ## start MLflow and JupyterLab on the notebooks
 	@$(BIN)/mlops-mlflow start
-	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 mlflow: install ## start the local MLflow server (or find it running)
 	@$(BIN)/mlops-mlflow start
