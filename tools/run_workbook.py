@@ -21,9 +21,9 @@ from nbclient.exceptions import CellExecutionError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def exercise_notebooks(only: list[str] | None = None) -> list[Path]:
-    "The exercise notebooks (nbs/NN_*.ipynb with NN >= 01), in order; `only` filters by name prefix."
-    nbs = sorted(p for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("00"))
+def exercise_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
+    "The exercise notebooks (NN_*.ipynb with NN >= 01) in `folder`, in order; `only` filters by name prefix."
+    nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("00"))
     return [p for p in nbs if not only or any(p.name.startswith(o) for o in only)]
 
 
@@ -45,6 +45,11 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
     return not error, seconds, error
 
 
+def _show(path: Path) -> str:
+    "`path` relative to the project when it is inside it."
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def summarize(uri: str) -> list[str]:
     "A few lines on what the tracking server now holds."
     from mlflow import MlflowClient
@@ -54,7 +59,7 @@ def summarize(uri: str) -> list[str]:
     for exp in client.search_experiments():
         runs = client.search_runs([exp.experiment_id], max_results=1000)
         if runs:
-            lines.append(f"  experiment {exp.name!r}: {len(runs)} runs")
+            lines.append(f"  experiment {exp.name!r}: {len(runs)} run{'s' if len(runs) != 1 else ''}")
     models = client.search_registered_models()
     for m in models:
         aliases = ", ".join(f"@{a}->v{v}" for a, v in (m.aliases or {}).items())
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("only", nargs="*", help="run only notebooks whose names start with these (e.g. 01)")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
+    parser.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="folder of notebooks (default: nbs/)")
+    parser.add_argument("--out", type=Path, default=ROOT / ".workbook", help="where executed copies go")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
@@ -81,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     how = "started" if server.started else "using"
     print(f"MLflow server: {how} {server.uri}; config: {os.environ['MLOPS_CONFIG']}")
 
-    notebooks = exercise_notebooks(args.only)
+    notebooks = exercise_notebooks(args.nbs, args.only)
     if not notebooks:
         print("error: no exercise notebooks matched", file=sys.stderr)
         return 2
-    out_dir = ROOT / ".workbook"
+    out_dir = args.out
     total, failed = time.perf_counter(), None
     for nb in notebooks:
         print(f"  {nb.name} ...", end="", flush=True)
@@ -95,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             failed = (nb, error)
             break
     print(f"\n{len(notebooks) if not failed else notebooks.index(failed[0])} of {len(notebooks)} "
-          f"notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {out_dir.relative_to(ROOT)}/")
+          f"notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {_show(out_dir)}/")
     if failed:
         nb, error = failed
-        print(f"\n{nb.name} failed; see {out_dir.relative_to(ROOT)}/{nb.name}. The error:\n", file=sys.stderr)
+        print(f"\n{nb.name} failed; see {_show(out_dir)}/{nb.name}. The error:\n", file=sys.stderr)
         print("\n".join(error.strip().splitlines()[-25:]), file=sys.stderr)
         return 1
     print("\nThe tracking server holds:")

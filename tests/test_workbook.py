@@ -1,0 +1,58 @@
+"""The runner behind `make workbook`: executes the exercises in order, stops at a failure, says where to look."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "tools" / "run_workbook.py"
+
+
+def run(*args, tracking_uri):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLOPS_CONFIG": "configs/tiny.yaml"}
+    return subprocess.run([sys.executable, RUNNER, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=900)
+
+
+def notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nbformat.write(nb, path)
+    return path
+
+
+def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracking_uri):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    notebook(nbs / "00_helpers.ipynb", "raise RuntimeError('library notebooks are not exercises')")
+    notebook(nbs / "01_first.ipynb", "from pathlib import Path", "Path('first.txt').write_text('ran')")
+    notebook(nbs / "02_broken.ipynb", "1 / 0")
+    notebook(nbs / "03_never.ipynb", "from pathlib import Path", "Path('never.txt').write_text('ran')")
+    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    assert r.returncode == 1
+    assert "01_first.ipynb ... ok" in r.stdout and "02_broken.ipynb ... FAILED" in r.stdout
+    assert "03_never" not in r.stdout and not (nbs / "never.txt").exists()
+    assert (nbs / "first.txt").read_text() == "ran"  # run with the notebook's folder as working directory
+    assert "1 of 3 notebooks ran" in r.stdout
+    assert "02_broken.ipynb failed" in r.stderr and "ZeroDivisionError" in r.stderr
+    executed = nbformat.read(tmp_path / "out" / "02_broken.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].ename == "ZeroDivisionError"
+
+
+def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    notebook(nbs / "01_log.ipynb",
+             "import mlflow, os\nmlflow.set_tracking_uri(os.environ['MLFLOW_TRACKING_URI'])\n"
+             "mlflow.set_experiment('tests_workbook_runner')\nwith mlflow.start_run(): mlflow.log_metric('x', 1)")
+    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    assert r.returncode == 0, r.stderr
+    assert f"MLflow server: using {tracking_uri}" in r.stdout
+    assert "experiment 'tests_workbook_runner': 1 run\n" in r.stdout
+    assert f"Open the MLflow UI: {tracking_uri}" in r.stdout
+
+
+def test_no_matching_notebooks_is_an_error(tmp_path, tracking_uri):
+    r = run("--nbs", tmp_path, tracking_uri=tracking_uri)
+    assert r.returncode == 2 and "no exercise notebooks matched" in r.stderr
