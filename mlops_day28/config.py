@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 # %% auto #0
-__all__ = ['find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig', 'Config',
-           'ConfigError', 'config_from_dict', 'load_config', 'flatten_config', 'workbook_config_path',
-           'check_config_main']
+__all__ = ['find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig', 'RegistryConfig',
+           'Config', 'ConfigError', 'config_from_dict', 'load_config', 'apply_overrides', 'flatten_config',
+           'workbook_config_path', 'check_config_main']
 
 # %% ../nbs/00_config.ipynb #bc45263b
 def find_project_root(start: str | Path | None = None, # where to start looking (default: the working directory)
@@ -60,6 +60,7 @@ class ModelConfig(_Section):
     num_classes: int = Field(10, gt=1)     # outputs of the last layer
     hidden_size: int = Field(128, gt=0)    # MLP width, or channels of the conv nets
     dropout: float = Field(0.2, ge=0, lt=1)
+    pretrained: bool = False               # start from the weights of the registered champion (nothing is downloaded)
 
 class TrainingConfig(_Section):
     "How to fit the weights."
@@ -77,6 +78,14 @@ class TrackingConfig(_Section):
     log_model: bool = True                 # log the trained model with the run
     wandb_project: str = "mlops-day28"     # W&B project for the offline runs
 
+class RegistryConfig(_Section):
+    "The registered model, and the champion/challenger gate that decides promotions."
+    model_name: str = "digits-classifier"  # name in the MLflow Model Registry
+    register_challenger: bool = False      # pipeline: register the trained model as challenger and run the gate
+    min_accuracy: float = Field(0.9, gt=0, le=1)  # test accuracy the first champion needs
+    min_improvement: float = Field(0.0, ge=0, lt=1)  # a challenger must beat the champion by more than this (absolute)
+    min_relative_improvement: float = Field(0.0, ge=0)  # ... and by at least this fraction of the champion's accuracy
+
 class Config(_Section):
     "The whole configuration of a training run."
     experiment_name: str = "week5_project_optimization"  # MLflow experiment the runs go to
@@ -86,6 +95,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
     _source: Path | None = PrivateAttr(None)
 
     @property
@@ -158,8 +168,9 @@ def config_from_dict(data: dict, # the parsed YAML
     return cfg
 
 def load_config(path: str | Path, # a YAML file
+                overrides: list[str] = (), # `key.sub=value` pairs applied on top of the file
                ) -> Config:
-    "Load and validate the YAML config at `path`."
+    "Load and validate the YAML config at `path`, with `overrides` applied."
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (working directory: {Path.cwd()})")
@@ -169,7 +180,31 @@ def load_config(path: str | Path, # a YAML file
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     if data is None: raise ConfigError(f"{path}: the file is empty")
+    if overrides:
+        if not isinstance(data, dict): return config_from_dict(data, source=path)  # the error names the top level
+        data = apply_overrides(data, overrides)
     return config_from_dict(data, source=path)
+
+# %% ../nbs/00_config.ipynb #9aa98e17
+def apply_overrides(data: dict,             # the parsed YAML
+                    overrides: list[str],   # `dotted.key=value` strings
+                   ) -> dict:
+    "A copy of `data` with each `dotted.key=value` set (the value read as YAML)."
+    import copy
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. training.learning_rate=0.01")
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        try: node[parts[-1]] = yaml.load(raw, Loader=_Yaml12Loader)
+        except yaml.YAMLError: node[parts[-1]] = raw
+    return data
 
 # %% ../nbs/00_config.ipynb #65788e12
 def flatten_config(cfg: Config | dict, # the config, or a nested dict

@@ -187,6 +187,8 @@ def setup_mlflow(experiment_name: str | None = None, # experiment to log to (cre
     "Make sure a tracking server is up, point MLflow at it, and select `experiment_name`."
     import mlflow
     server = ensure_tracking_server(root)
+    # MLflow draws a progress bar for every artifact download (each model load); keep notebooks readable
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(server.uri)
     if experiment_name: mlflow.set_experiment(experiment_name)
     return server

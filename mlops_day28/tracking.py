@@ -29,7 +29,7 @@ from .training import (EpochCallback, History, TrainingJob, plot_confusion_matri
 
 # %% auto #0
 __all__ = ['MLflowEpochLogger', 'git_tags', 'log_dataset', 'model_pip_requirements', 'log_torch_model', 'TrackedRun',
-           'run_params', 'run_tracked_training', 'WandbOfflineRun', 'run_wandb_offline']
+           'run_params', 'train_and_log', 'run_tracked_training', 'WandbOfflineRun', 'run_wandb_offline']
 
 # %% ../nbs/01_tracking.ipynb #b66b25f5
 class MLflowEpochLogger:
@@ -112,6 +112,7 @@ class TrackedRun:
     test_metrics: dict[str, float]
     job: TrainingJob
     model_uri: str | None = None   # models:/... of the logged model, when logged
+    registered_version: str | None = None  # its version in the registry, when registered
 
 def run_params(cfg: Config, ds: Dataset) -> dict[str, object]:
     "The params a training run logs: the course's names, plus the rest of the model and optimiser settings."
@@ -120,30 +121,45 @@ def run_params(cfg: Config, ds: Dataset) -> dict[str, object]:
             "epochs": t.num_epochs, "seed": cfg.seed, "dataset_digest": ds.digest,
             "optimizer": t.optimizer, "scheduler": t.scheduler, "dropout": m.dropout, "hidden_size": m.hidden_size}
 
+def train_and_log(job: TrainingJob,
+                  callbacks: list[EpochCallback] = (), # more per-epoch callbacks
+                  progress: bool = True,
+                  registered_model_name: str | None = None, # also register the model under this name
+                 ) -> TrackedRun:
+    "Inside the active MLflow run: log the dataset, train, and log test metrics, plots, the config and the model."
+    run = mlflow.active_run()
+    if run is None: raise RuntimeError("train_and_log needs an active run: call it inside `with mlflow.start_run():`")
+    cfg = job.cfg
+    log_dataset(job.dataset)
+    with MLflowEpochLogger() as logger:  # sends the last metrics even if training fails
+        history = job.fit(callbacks=[logger, *callbacks], progress=progress)
+    test = job.test_metrics()
+    mlflow.log_metrics({**test, "best_epoch": history.best_epoch, "train_seconds": history.seconds})
+    mlflow.log_figure(plot_training_curves(history, f"{cfg.model.architecture}: {run.info.run_name}"),
+                      "training_plot.png")
+    pred = predict_proba(job.model, job.splits.test.X, job.device).argmax(1)
+    mlflow.log_figure(plot_confusion_matrix(job.splits.test.y, pred, job.dataset.class_names,
+                                            f"Test split (accuracy {test['test_accuracy']:.3f})"),
+                      "confusion_matrix.png")
+    mlflow.log_dict(cfg.model_dump(), "config.yaml")
+    info = (log_torch_model(job.model, job.splits.train.X[:5], registered_model_name=registered_model_name)
+            if cfg.tracking.log_model else None)
+    version = getattr(info, "registered_model_version", None)
+    return TrackedRun(run.info.run_id, history, test, job, info.model_uri if info else None,
+                      str(version) if version is not None else None)
+
 def run_tracked_training(cfg: Config,
                          run_name: str | None = None,       # default: cfg.tracking.run_name
                          callbacks: list[EpochCallback] = (), # more per-epoch callbacks
                          progress: bool = True,
                          tags: dict[str, str] | None = None,
+                         registered_model_name: str | None = None, # also register the model under this name
                         ) -> TrackedRun:
     "Train the model `cfg` describes inside an MLflow run, logging params, metrics, plots, data and model."
     job = prepare_training(cfg)
-    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags={**git_tags(), **(tags or {})}) as run:
+    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags={**git_tags(), **(tags or {})}):
         mlflow.log_params({**run_params(cfg, job.dataset), "device": str(job.device)})
-        log_dataset(job.dataset)
-        with MLflowEpochLogger() as logger:  # sends the last metrics even if training fails
-            history = job.fit(callbacks=[logger, *callbacks], progress=progress)
-        test = job.test_metrics()
-        mlflow.log_metrics({**test, "best_epoch": history.best_epoch, "train_seconds": history.seconds})
-        mlflow.log_figure(plot_training_curves(history, f"{cfg.model.architecture}: {run.info.run_name}"),
-                          "training_plot.png")
-        pred = predict_proba(job.model, job.splits.test.X, job.device).argmax(1)
-        mlflow.log_figure(plot_confusion_matrix(job.splits.test.y, pred, job.dataset.class_names,
-                                                f"Test split (accuracy {test['test_accuracy']:.3f})"),
-                          "confusion_matrix.png")
-        mlflow.log_dict(cfg.model_dump(), "config.yaml")
-        info = log_torch_model(job.model, job.splits.train.X[:5]) if cfg.tracking.log_model else None
-    return TrackedRun(run.info.run_id, history, test, job, info.model_uri if info else None)
+        return train_and_log(job, callbacks, progress, registered_model_name)
 
 # %% ../nbs/01_tracking.ipynb #6413780e
 @dataclass
