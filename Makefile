@@ -62,6 +62,7 @@ check-nbs: install ## fail if the package is out of sync with the notebooks or a
 
 bench: install ## run the benchmarks in bench/ (see bench/RESULTS.md)
 	$(BIN)/python bench/bench_tracking.py
+	$(BIN)/python bench/bench_sweep.py
 
 lock: ## re-resolve constraints.txt from pyproject.toml (needs the package index)
 	rm -rf .lock-venv

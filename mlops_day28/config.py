@@ -10,15 +10,16 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 # %% auto #0
-__all__ = ['find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig', 'RegistryConfig',
-           'Config', 'ConfigError', 'config_from_dict', 'load_config', 'apply_overrides', 'flatten_config',
-           'workbook_config_path', 'check_config_main']
+__all__ = ['DEFAULT_GRID', 'find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig',
+           'RegistryConfig', 'SweepConfig', 'Config', 'ConfigError', 'config_from_dict', 'load_config',
+           'apply_overrides', 'flatten_config', 'workbook_config_path', 'check_config_main']
 
 # %% ../nbs/00_config.ipynb #bc45263b
 def find_project_root(start: str | Path | None = None, # where to start looking (default: the working directory)
@@ -86,6 +87,51 @@ class RegistryConfig(_Section):
     min_improvement: float = Field(0.0, ge=0, lt=1)  # a challenger must beat the champion by more than this (absolute)
     min_relative_improvement: float = Field(0.0, ge=0)  # ... and by at least this fraction of the champion's accuracy
 
+DEFAULT_GRID = {"training.learning_rate": [0.0001, 0.001, 0.01], "training.batch_size": [16, 32, 64],
+                "model.dropout": [0.3, 0.5]}
+
+class SweepConfig(_Section):
+    "A hyperparameter sweep: the values to try, the strategy, and where trials are coordinated."
+    name: str = "hparam_sweep"             # the parent run's name; running a sweep of the same name again resumes it
+    strategy: Literal["grid", "tpe"] = "grid"  # every grid point, or Optuna's TPE sampler within the grid's ranges
+    grid: dict[str, list[Any]] = Field(default_factory=lambda: dict(DEFAULT_GRID))  # dotted config key -> values
+    n_trials: int | None = Field(None, gt=0)  # TPE budget (default: as many trials as the grid has points)
+    n_jobs: int = Field(1, gt=0)           # worker processes on this machine
+    storage: str = "sqlite:///.mlflow/optuna.db"  # Optuna study storage; relative sqlite paths are in the project root
+    pruning: bool = True                   # TPE: stop trials whose val accuracy is below the median at the same epoch
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid: raise ValueError("is empty: give at least one config key with a list of values")
+        for key, values in grid.items():
+            if not values: raise ValueError(f"{key} has no values")
+            field = _field_at(key)
+            adapter = TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
+            for v in values:
+                try: adapter.validate_python(v)
+                except ValidationError as e:
+                    raise ValueError(f"{key} value {v!r} is not valid: {e.errors()[0]['msg']}") from None
+        return grid
+
+def _sweepable_keys() -> list[str]:
+    return [k for k in flatten_config(Config()) if not k.startswith("sweep.")]
+
+def _field_at(key: str):
+    "The pydantic field a dotted config key names (sections only lead to it); ValueError if there is none."
+    model, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        is_section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        last = i == len(parts) - 1
+        if field is None or part == "sweep" or (last and is_section) or (not last and not is_section):
+            close = difflib.get_close_matches(key, _sweepable_keys(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown parameter {key!r}{hint}")
+        model = ann
+    return field
+
 class Config(_Section):
     "The whole configuration of a training run."
     experiment_name: str = "week5_project_optimization"  # MLflow experiment the runs go to
@@ -96,6 +142,7 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    sweep: SweepConfig = SweepConfig()
     _source: Path | None = PrivateAttr(None)
 
     @property

@@ -135,7 +135,6 @@ def _set_champion(name: str, version: str, history: list[str]) -> None:
     c = MlflowClient()
     c.set_registered_model_tag(name, "champion_history", ",".join(history))
     c.set_registered_model_alias(name, CHAMPION, version)
-    if model_aliases(name).get(CHALLENGER) == version: c.delete_registered_model_alias(name, CHALLENGER)
 
 def promote_if_better(name: str,
                       X: np.ndarray, y: np.ndarray,    # the held-out test split both are scored on

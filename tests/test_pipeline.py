@@ -134,7 +134,7 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(tracking_uri)
     assert first.returncode == 0, first.stderr
     assert "Final test accuracy: 0." in first.stdout
     assert f"Registered {name} v1 as challenger; gate: promoted to champion" in first.stdout
-    assert model_aliases(name) == {"champion": "1"}
+    assert model_aliases(name) == {"champion": "1", "challenger": "1"}
     second = train_cli(*args, module=True)  # python -m mlops_day28.pipeline
     assert second.returncode == 0, second.stderr
     final = lambda r: next(l for l in r.stdout.splitlines() if l.startswith("Final test accuracy"))

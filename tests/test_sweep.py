@@ -1,0 +1,181 @@
+"""Exercise 4's sweep: grid checks, one best, parallel = sequential, resume after Ctrl-C and crashes, TPE workers."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from mlops_day28 import sweep
+from mlops_day28.config import load_config
+from mlops_day28.sweep import (SweepError, mark_best, results_table, run_grid_sweep, run_tpe_sweep, start_sweep,
+                               storage_url, sweep_children)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SMALL_GRID = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32, 64]}'
+STORAGE = f"sqlite:///{tempfile.mkdtemp(prefix='optuna-tests-')}/optuna.db"  # not the project's .mlflow/optuna.db
+
+
+def small(name=None, epochs=2, **sweep_settings):
+    "The tiny config with a 4-point grid, in its own experiment, under a fresh sweep name."
+    overrides = ["experiment_name=tests_sweep", f"training.num_epochs={epochs}", f"sweep.grid={SMALL_GRID}",
+                 f"sweep.name={name or 'sweep_' + uuid.uuid4().hex[:8]}", f"sweep.storage={STORAGE}"]
+    overrides += [f"sweep.{k}={v}" for k, v in sweep_settings.items()]
+    return load_config(TINY, overrides)
+
+
+def test_parallel_and_sequential_give_the_same_results(tracking_uri):
+    seq = run_grid_sweep(small(), n_jobs=1, progress=False)
+    par = run_grid_sweep(small(), n_jobs=2, progress=False)
+    rows = lambda r: sorted(zip(*[results_table(r.parent_run_id)[c] for c in ("run_name", "final_val_accuracy", "final_val_loss")]))
+    assert rows(seq) == rows(par) and len(rows(seq)) == 4
+    assert seq.best == par.best
+    for r in (seq, par):
+        table = results_table(r.parent_run_id)
+        assert table.is_best.sum() == 1 and table[table.is_best].run_id.item() == r.best_run_id
+        tags = MlflowClient().get_run(r.parent_run_id).data.tags
+        assert {k: tags[f"best.{k}"] for k in r.best} == {k: str(v) for k, v in r.best.items()}
+
+
+def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(tracking_uri, monkeypatch):
+    cfg = small()
+    real = sweep.prepare_training
+    calls = []
+
+    def interrupt_third(c):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(c)
+
+    monkeypatch.setattr(sweep, "prepare_training", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid_sweep(cfg, n_jobs=1, progress=False)
+    parent = sweep.find_sweep(cfg.sweep.name, cfg.experiment_name)
+    assert MlflowClient().get_run(parent).info.status == "KILLED"
+    statuses = sorted(c.info.status for c in sweep_children(parent))
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]  # never RUNNING
+
+    monkeypatch.setattr(sweep, "prepare_training", real)
+    resumed = run_grid_sweep(cfg, n_jobs=1, progress=False)
+    assert resumed.resumed and resumed.parent_run_id == parent
+    assert (len(resumed.ran), resumed.skipped) == (2, 2)
+    table = results_table(parent)
+    assert sorted(table.status) == ["FINISHED"] * 4 + ["KILLED"]
+    assert (table.state == "complete").sum() == 4 and table.is_best.sum() == 1
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"
+
+
+def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(tracking_uri):
+    cfg = small()
+    first = run_grid_sweep(cfg, n_jobs=1, limit=1, progress=False)
+    client = MlflowClient()
+    exp_id = client.get_run(first.parent_run_id).info.experiment_id
+    orphan = client.create_run(exp_id, run_name="orphan", tags={"mlflow.parentRunId": first.parent_run_id})
+    assert client.get_run(orphan.info.run_id).info.status == "RUNNING"
+    rest = run_grid_sweep(cfg, n_jobs=1, progress=False)
+    assert (len(rest.ran), rest.skipped) == (3, 1)
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+
+
+def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(tracking_uri):
+    cfg = load_config(TINY, ["experiment_name=tests_sweep", f"sweep.name=fails_{uuid.uuid4().hex[:8]}",
+                             'sweep.grid={"model.num_classes": [5, 10], "training.num_epochs": [1]}'])
+    result = run_grid_sweep(cfg, n_jobs=2, progress=False)
+    assert [r.state for r in result.ran] == ["failed", "complete"]
+    failed = MlflowClient().get_run(result.failed[0].run_id)
+    assert failed.info.status == "FAILED" and "model.num_classes is 5" in failed.data.tags["error"]
+    assert result.best == {"model.num_classes": 10, "training.num_epochs": 1}
+
+
+def test_resuming_with_another_config_is_refused(tracking_uri):
+    name = f"changed_{uuid.uuid4().hex[:8]}"
+    run_grid_sweep(small(name), n_jobs=1, limit=1, progress=False)
+    with pytest.raises(SweepError, match="with a different config; resuming it would mix results"):
+        run_grid_sweep(small(name, epochs=3), n_jobs=1, progress=False)
+    run_grid_sweep(small(name), n_jobs=2, limit=1, progress=False)  # more workers is not a different config
+
+
+def test_best_is_one_child_and_moves_when_a_better_trial_arrives(tracking_uri):
+    client = MlflowClient()
+    cfg = small()
+    parent, exp_id, _ = start_sweep(cfg, "grid")
+
+    def child(acc, loss, lr):
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "sweep.state": "complete",
+                                              "sweep.trial_key": json.dumps({"training.learning_rate": lr})})
+        client.log_metric(run.info.run_id, "final_val_accuracy", acc)
+        client.log_metric(run.info.run_id, "final_val_loss", loss)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    a, b, c = child(0.90, 0.3, 0.1), child(0.95, 0.4, 0.2), child(0.95, 0.2, 0.3)  # c wins the tie on loss
+    assert mark_best(parent).run_id == c
+    d = child(0.97, 0.5, 0.4)
+    assert mark_best(parent).run_id == d
+    flags = {r: client.get_run(r).data.tags.get("is_best") for r in (a, b, c, d)}
+    assert flags == {a: None, b: None, c: None, d: "true"}  # the old best lost its tag
+    assert client.get_run(parent).data.tags["best.training.learning_rate"] == "0.4"
+
+
+def test_tpe_workers_share_one_study(tracking_uri):
+    cfg = small(strategy="tpe")
+    result = run_tpe_sweep(cfg, n_trials=4, n_jobs=2)
+    study = optuna.load_study(study_name=f"{cfg.experiment_name}/{cfg.sweep.name}", storage=storage_url(cfg))
+    assert 4 <= len(study.trials) <= 5  # a worker may start one trial while the other fills the budget
+    children = {c.info.run_id: c for c in sweep_children(result.parent_run_id)}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == set(children)
+    assert sum(c.data.tags.get("is_best") == "true" for c in children.values()) == 1
+    lr = [t.params["training.learning_rate"] for t in study.trials]
+    assert all(0.001 <= v <= 0.01 for v in lr)  # within the grid's range
+    again = run_tpe_sweep(cfg, n_trials=4, n_jobs=1)  # resumed: the budget is already spent
+    assert again.resumed and again.ran == [] and again.skipped == len(study.trials)
+
+
+def test_storage_path_is_resolved_in_the_project(tmp_path):
+    cfg = load_config(TINY)
+    assert cfg.sweep.storage == "sqlite:///.mlflow/optuna.db"
+    assert storage_url(cfg) == f"sqlite:///{ROOT}/.mlflow/optuna.db"
+    cfg.sweep.storage = f"sqlite:///{tmp_path}/o.db"
+    assert storage_url(cfg) == f"sqlite:///{tmp_path}/o.db"
+
+
+def sweep_cli(*args):
+    return subprocess.run([str(Path(sys.executable).parent / "mlops-sweep"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize("grid,expected", [
+    ('{"training.learning_rat": [0.1]}', "sweep.grid: unknown parameter 'training.learning_rat' (did you mean 'training.learning_rate'?)"),
+    ('{"training.batch_size": [16, "big"]}', "sweep.grid: training.batch_size value 'big' is not valid"),
+    ('{}', "sweep.grid: is empty"),
+    ('{"model.dropout": []}', "sweep.grid: model.dropout has no values"),
+    ('{"model.dropout": [0.3, 1.5]}', "sweep.grid: model.dropout value 1.5 is not valid: Input should be less than 1"),
+])
+def test_bad_grid_exits_2_before_any_run(tracking_uri, grid, expected):
+    before = len(MlflowClient().search_experiments())
+    r = sweep_cli("--config", TINY, "--set", f"sweep.grid={grid}", "--set", "experiment_name=tests_sweep_never")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and expected in r.stderr, r.stderr
+    assert mlflow.get_experiment_by_name("tests_sweep_never") is None
+    assert len(MlflowClient().search_experiments()) == before
+
+
+def test_cli_runs_a_sweep_and_reports_the_best(tracking_uri):
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+    args = ["--config", TINY, "--set", "experiment_name=tests_sweep", "--set", f"sweep.name={name}",
+            "--set", f"sweep.grid={SMALL_GRID}", "--set", "training.num_epochs=1", "--no-progress"]
+    r = sweep_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"sweep '{name}' (grid): 4 trials run, 0 already done, 0 failed" in r.stdout
+    assert "best: {" in r.stdout
+    again = sweep_cli(*args, "--n-jobs", "2")
+    assert again.returncode == 0 and "0 trials run, 4 already done" in again.stdout
+    assert sweep_cli(*args, "--n-jobs", "0").returncode == 2
