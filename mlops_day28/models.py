@@ -24,10 +24,15 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant features pass unscaled
 
     @classmethod
-    def fit(cls, X: np.ndarray) -> "Standardize":
-        "A `Standardize` with the per-feature mean and std of `X`."
+    def fit(cls, X: np.ndarray, # training rows
+            image_shape: tuple[int, int, int] | None = None, # (C, H, W): one mean and std per channel, not per pixel
+           ) -> "Standardize":
+        "A `Standardize` fitted on `X`: per feature for tabular data, per channel for images."
         X = np.asarray(X, dtype=np.float32)
-        return cls(X.mean(0), X.std(0))
+        if image_shape is None: return cls(X.mean(0), X.std(0))
+        channels = X.reshape(len(X), image_shape[0], -1)
+        per_pixel = lambda v: np.repeat(v, channels.shape[2])
+        return cls(per_pixel(channels.mean((0, 2))), per_pixel(channels.std((0, 2))))
 
     def forward(self, x): return (x - self.mean) / self.std
 
@@ -102,7 +107,7 @@ def build_model(cfg: ModelConfig,          # architecture, num_classes, hidden_s
     if cfg.architecture not in ARCHITECTURES:
         raise ValueError(f"model.architecture: unknown '{cfg.architecture}' (choose from {', '.join(ARCHITECTURES)})")
     body = ARCHITECTURES[cfg.architecture](cfg, train_X.shape[1], image_shape)
-    return nn.Sequential(Standardize.fit(train_X), body)
+    return nn.Sequential(Standardize.fit(train_X, image_shape), body)
 
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."

@@ -200,16 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-mlflow", description="The workbook's local MLflow server.")
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--port", type=int, default=None, help="default: $MLFLOW_PORT, else 5000")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder whose .mlflow/ holds the server's state (default: this project); CI uses a throwaway one")
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
-            srv = start_tracking_server(port=args.port)
+            srv = start_tracking_server(port=args.port, root=args.root)
             print(f"MLflow server {'started' if srv.started else 'already running'}: {srv.uri}"
                   + (f" (pid {srv.pid}, state in {srv.root})" if srv.started else ""))
         elif args.action == "stop":
-            print("MLflow server stopped" if stop_tracking_server() else "no running MLflow server recorded in .mlflow/server.json")
+            print("MLflow server stopped" if stop_tracking_server(args.root)
+                  else "no running MLflow server recorded in .mlflow/server.json")
         else:
-            rec, port = recorded_server(), args.port or _port_from_env()
+            rec, port = recorded_server(args.root), args.port or _port_from_env()
             uri = rec.uri if rec else f"http://{HOST}:{port}"
             version = mlflow_version_at(uri)
             print(f"MLflow {version} at {uri}" + (f" (pid {rec.pid})" if rec else "") if version

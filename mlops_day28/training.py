@@ -176,7 +176,8 @@ class TrainingJob:
     device: torch.device
 
     def fit(self, callbacks: Iterable[EpochCallback] = (), progress: bool = True) -> History:
-        "Train the model with the config's training settings."
+        "Train the model with the config's training settings (dropout seeded from the config, whatever ran before)."
+        torch.manual_seed(self.cfg.seed)
         return fit(self.model, self.train_loader, self.val_loader, self.cfg.training, self.device, callbacks, progress)
 
     def test_metrics(self) -> dict[str, float]:
