@@ -13,7 +13,7 @@ PIP    := $(BIN)/python -m pip
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install workbook test lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy
+.PHONY: help install workbook test lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,11 +47,22 @@ mlflow: install ## start the local MLflow server (or find it running)
 stop: ## stop the local MLflow server this workbook started
 	@if [ -x $(BIN)/mlops-mlflow ]; then $(BIN)/mlops-mlflow stop; else echo "nothing to stop (no .venv)"; fi
 
+serve: mlflow ## serve the registry's champion with Prometheus metrics on http://127.0.0.1:8000 (docs: /docs)
+	$(BIN)/mlops-serve --config $(CONFIG)
+
+prometheus: ## run Prometheus (Debian: apt-get install prometheus) scraping `make serve`, UI on http://127.0.0.1:9090
+	@command -v prometheus >/dev/null || { echo "prometheus is not installed (Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus)"; exit 1; }
+	cd monitoring && prometheus --config.file=prometheus.yml --storage.tsdb.path=../.prometheus --web.listen-address=127.0.0.1:9090
+
+export-model: mlflow ## write the registry's champion to monitoring/model/ (what docker-compose serves)
+	rm -rf monitoring/model
+	MLFLOW_TRACKING_URI=http://127.0.0.1:$${MLFLOW_PORT:-5000} $(BIN)/mlflow artifacts download --artifact-uri models:/digits-classifier@champion --dst-path monitoring/model
+
 status: install ## is the local MLflow server up?
 	@$(BIN)/mlops-mlflow status
 
 reset: stop ## stop the server and delete its runs, models and artifacts (.mlflow/), wandb/ and CI outputs
-	rm -rf .mlflow wandb .workbook ci-artifacts
+	rm -rf .mlflow wandb .workbook ci-artifacts .prometheus monitoring/model
 
 export: install ## regenerate mlops_day28/ from the notebooks
 	$(BIN)/nbdev-export
@@ -65,6 +76,7 @@ check-nbs: install ## fail if the package is out of sync with the notebooks or a
 bench: install ## run the benchmarks in bench/ (see bench/RESULTS.md)
 	$(BIN)/python bench/bench_tracking.py
 	$(BIN)/python bench/bench_sweep.py
+	$(BIN)/python bench/bench_serving.py
 
 ci: test ci-train ci-deploy ## run the GitHub Actions pipeline locally, in the workflow's order (jobs test, train, deploy)
 

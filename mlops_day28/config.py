@@ -18,8 +18,9 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Va
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig',
-           'RegistryConfig', 'ModelTestsConfig', 'SweepConfig', 'Config', 'ConfigError', 'config_from_dict',
-           'load_config', 'apply_overrides', 'flatten_config', 'workbook_config_path', 'check_config_main']
+           'RegistryConfig', 'ModelTestsConfig', 'ServingConfig', 'SweepConfig', 'Config', 'ConfigError',
+           'config_from_dict', 'load_config', 'apply_overrides', 'flatten_config', 'workbook_config_path',
+           'check_config_main']
 
 # %% ../nbs/00_config.ipynb #bc45263b
 def find_project_root(start: str | Path | None = None, # where to start looking (default: the working directory)
@@ -96,6 +97,17 @@ class ModelTestsConfig(_Section):
     max_flip_rate: float = Field(0.05, ge=0, le=1)      # ... may change at most this fraction of predictions
     baseline_margin: float = Field(0.0, ge=0, lt=1)     # `--baseline`: the candidate may be worse by at most this much
 
+class ServingConfig(_Section):
+    "The model service (Exercise 6) and what it monitors."
+    model_uri: str | None = None            # default: models:/<registry.model_name>@champion; a local model folder works too
+    host: str = "127.0.0.1"                 # loopback only: nothing outside this machine can reach it
+    port: int = Field(8000, gt=0, lt=65536)
+    max_batch: int = Field(256, gt=0)       # images per /predict request, at most
+    accuracy_window: int = Field(200, gt=0) # model_accuracy: rolling accuracy over the last N feedback labels
+    drift_window: int = Field(300, gt=0)    # model_input_drift_psi: over the pixels of the last N images
+    keep_predictions: int = Field(10000, gt=0)  # prediction ids remembered for /feedback
+    torch_threads: int = Field(1, gt=0)     # threads per forward pass: one request at a time gains nothing from more
+
 DEFAULT_GRID = {"training.learning_rate": [0.0001, 0.001, 0.01], "training.batch_size": [16, 32, 64],
                 "model.dropout": [0.3, 0.5]}
 
@@ -153,6 +165,7 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     sweep: SweepConfig = SweepConfig()
     model_tests: ModelTestsConfig = ModelTestsConfig()
+    serving: ServingConfig = ServingConfig()
     _source: Path | None = PrivateAttr(None)
 
     @property

@@ -20,12 +20,12 @@ from torch import nn
 
 from .config import Config, ConfigError, find_project_root, load_config
 from .data import Dataset, DataSplits, load_dataset, split_dataset
-from .registry import RegistryError, get_version, load_model
+from .registry import RegistryError, get_version, require_alias
 from .training import prepare_training
 
 # %% auto #0
 __all__ = ['single_sample_latency', 'overfit_one_batch', 'prediction_flip_rate', 'data_problems', 'ModelLoadError',
-           'load_any_model', 'evaluate_model', 'gate', 'metrics_markdown', 'main', 'deploy_main']
+           'resolve_model_uri', 'load_any_model', 'evaluate_model', 'gate', 'metrics_markdown', 'main', 'deploy_main']
 
 # %% ../nbs/05_cicd.ipynb #934fa595
 @torch.no_grad()
@@ -87,23 +87,26 @@ def data_problems(ds: Dataset, splits: DataSplits, num_classes: int) -> list[str
 class ModelLoadError(ValueError):
     "A model URI or path that does not lead to a model; the message says what is accepted."
 
-def load_any_model(uri: str):
-    "A pyfunc model from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH` or a local model folder."
+def resolve_model_uri(uri: str) -> str:
+    "Check that `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a folder) leads to a model; return it."
     if uri.startswith("models:/"):
         name, sep, alias = uri[len("models:/"):].partition("@")
         try:
-            if sep: return load_model(name, alias)
-            if "/" in name:
-                name, version = name.rsplit("/", 1)
-                get_version(name, version)
+            if sep: require_alias(name, alias)
+            elif "/" in name: get_version(*name.rsplit("/", 1))
         except RegistryError as e: raise ModelLoadError(str(e)) from None
-    elif not uri.startswith("runs:/"):
-        path = Path(uri).expanduser()
-        if not path.exists(): raise ModelLoadError(
-            f"{uri!r} is neither a model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH) nor an existing folder")
-        if not (path/"MLmodel").exists(): raise ModelLoadError(f"{uri}: not an MLflow model folder (no MLmodel file in it)")
-        uri = str(path)
-    try: return mlflow.pyfunc.load_model(uri)
+        return uri
+    if uri.startswith("runs:/"): return uri
+    path = Path(uri).expanduser()
+    if not path.exists(): raise ModelLoadError(
+        f"{uri!r} is neither a model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH) nor an existing folder")
+    if not (path/"MLmodel").exists(): raise ModelLoadError(f"{uri}: not an MLflow model folder (no MLmodel file in it)")
+    return str(path)
+
+def load_any_model(uri: str, loader=None):
+    "Load a model from any URI `resolve_model_uri` accepts (with `loader`, default `mlflow.pyfunc.load_model`)."
+    uri = resolve_model_uri(uri)
+    try: return (loader or mlflow.pyfunc.load_model)(uri)
     except (MlflowException, OSError) as e:
         raise ModelLoadError(f"cannot load {uri}: {getattr(e, 'message', e)}") from None
 

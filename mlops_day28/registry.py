@@ -18,7 +18,7 @@ from .config import Config
 
 # %% auto #0
 __all__ = ['CHAMPION', 'CHALLENGER', 'RegistryError', 'get_registered_model', 'model_aliases', 'get_version', 'version_for_alias',
-           'load_model', 'describe_version', 'register_run_model', 'GateDecision', 'evaluate_version',
+           'require_alias', 'load_model', 'describe_version', 'register_run_model', 'GateDecision', 'evaluate_version',
            'champion_history', 'promote_if_better', 'update_model_description', 'rollback']
 
 # %% ../nbs/02_registry.ipynb #43c9d558
@@ -62,9 +62,15 @@ def _alias_error(name: str, alias: str) -> RegistryError:
     known = ", ".join(f"{a} -> v{v}" for a, v in sorted(model_aliases(name).items()))
     return RegistryError(f"model {name!r} has no alias {alias!r}; its aliases: {known or 'none yet'}")
 
+def require_alias(name: str, alias: str) -> str:
+    "The version `alias` points at; a `RegistryError` naming the aliases that exist if there is none."
+    version = model_aliases(name).get(alias)
+    if version is None: raise _alias_error(name, alias)
+    return version
+
 def load_model(name: str, alias: str = CHAMPION):
     "`mlflow.pyfunc.load_model('models:/name@alias')`, with an error naming the aliases that exist."
-    if alias not in model_aliases(name): raise _alias_error(name, alias)
+    require_alias(name, alias)
     return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
 
 # %% ../nbs/02_registry.ipynb #9ff5c5c1
