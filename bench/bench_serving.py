@@ -12,6 +12,7 @@ once. Two load generators, each for --seconds per level after a warm-up:
 Servers alternate across repeats; medians are reported. Both servers' predictions are checked
 to agree before anything is timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,34 +34,48 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import httpx  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import mlflow
+import numpy as np
+import torch
 
-from mlops_day28.config import load_config  # noqa: E402
-from mlops_day28.server import free_port, start_tracking_server, stop_tracking_server  # noqa: E402
-from mlops_day28.serving import Process, _wait_until  # noqa: E402
-from mlops_day28.tracking import run_tracked_training  # noqa: E402
+from mlops_day28.config import load_config
+from mlops_day28.processes import Process, free_port, http_get, start_process
+from mlops_day28.tracking import run_tracked_training
+from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
 
 BIN = Path(sys.executable).parent
 NAME = "bench-digits"
 
 
 def start(kind: str, uri: str, config: Path, port: int) -> Process:
-    log = Path(tempfile.mkdtemp()) / f"{kind}.log"
     if kind == "mlops-serve":
         cmd = [BIN / "mlops-serve", "--config", config, "--model", uri, "--port", port]
         url_health = f"http://127.0.0.1:{port}/health"
     else:
-        cmd = [BIN / "mlflow", "models", "serve", "-m", uri, "-p", port, "-h", "127.0.0.1", "-w", "1", "--env-manager", "local"]
+        cmd = [
+            BIN / "mlflow",
+            "models",
+            "serve",
+            "-m",
+            uri,
+            "-p",
+            port,
+            "-h",
+            "127.0.0.1",
+            "-w",
+            "1",
+            "--env-manager",
+            "local",
+        ]
         url_health = f"http://127.0.0.1:{port}/ping"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow runs `uvicorn` from PATH
-           "OMP_NUM_THREADS": "1"}  # the same for both (mlops-serve also sets serving.torch_threads=1)
-    with open(log, "w") as f:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    _wait_until(url_health, proc, kind, log, 180)
-    return Process(kind, proc, f"http://127.0.0.1:{port}", log)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow runs `uvicorn` from PATH
+        "OMP_NUM_THREADS": "1",
+    }  # the same for both (mlops-serve also sets serving.torch_threads=1)
+    ready = lambda: (http_get(url_health) or (0,))[0] == 200  # noqa: E731
+    return start_process([str(c) for c in cmd], kind, f"http://127.0.0.1:{port}", ready=ready, timeout=180, env=env)
 
 
 def request_for(kind: str, rows: np.ndarray) -> tuple[str, dict]:
@@ -78,10 +93,11 @@ def classes_from(kind: str, body: dict) -> list[int]:
 
 async def load(url: str, kind: str, X: np.ndarray, concurrency: int, batch: int, seconds: float) -> dict:
     "Closed-loop load: `concurrency` clients, each sending its next request when the last one is answered."
-    bodies = [request_for(kind, X[i:i + batch]) for i in range(0, len(X) - batch + 1, batch)]
+    bodies = [request_for(kind, X[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
     latencies, errors = [], 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
         async def worker(offset: int, until: float, record: bool):
             nonlocal errors
             i = offset
@@ -93,34 +109,57 @@ async def load(url: str, kind: str, X: np.ndarray, concurrency: int, batch: int,
                     latencies.append(time.perf_counter() - start)
                     errors += r.status_code != 200
                 i += concurrency
+
         warm = time.perf_counter() + 1.0
         await asyncio.gather(*(worker(k, warm, False) for k in range(concurrency)))
         begin = time.perf_counter()
         await asyncio.gather(*(worker(k, begin + seconds, True) for k in range(concurrency)))
         elapsed = time.perf_counter() - begin
     lat = np.array(latencies) * 1000
-    return {"rps": len(lat) / elapsed, "images_per_s": len(lat) * batch / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": errors, "n": len(lat)}
+    return {
+        "rps": len(lat) / elapsed,
+        "images_per_s": len(lat) * batch / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": errors,
+        "n": len(lat),
+    }
 
 
 def wrk(url: str, path: str, body: dict, concurrency: int, seconds: float) -> dict:
     "One wrk run (1 thread, `concurrency` connections) POSTing `body`."
     script = Path(tempfile.mkdtemp()) / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url + path],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url + path],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    pct = lambda p: (lambda m: float(m.group(1)) * unit[m.group(2)])(re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)$", out, re.M))
+
+    def pct(p):
+        return (lambda m: float(m.group(1)) * unit[m.group(2)])(re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)$", out, re.M))
+
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": pct(50), "p99_ms": pct(99),
-            "errors": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 def table(results: dict, title: str, images: bool) -> None:
     print(f"\n{title}\n")
-    print("| concurrency | images/request | server | requests/s |" + (" images/s |" if images else "")
-          + " p50 ms | p99 ms | throughput ratio | p99 ratio |")
+    print(
+        "| concurrency | images/request | server | requests/s |"
+        + (" images/s |" if images else "")
+        + " p50 ms | p99 ms | throughput ratio | p99 ratio |"
+    )
     print("| ---: | ---: | --- | ---: |" + (" ---: |" if images else "") + " ---: | ---: | ---: | ---: |")
     for (concurrency, batch), r in results.items():
         med = {k: statistics.median(v) for k, v in r.items()}
@@ -128,10 +167,12 @@ def table(results: dict, title: str, images: bool) -> None:
         p99 = med["mlops-serve:p99_ms"] / med["mlflow models serve:p99_ms"]
         for kind in ("mlops-serve", "mlflow models serve"):
             ours = kind == "mlops-serve"
-            print(f"| {concurrency} | {batch} | {kind} | {med[kind + ':rps']:.0f} |"
-                  + (f" {med[kind + ':rps'] * batch:.0f} |" if images else "")
-                  + f" {med[kind + ':p50_ms']:.2f} | {med[kind + ':p99_ms']:.2f} | {f'{ratio:.2f}x' if ours else ''} | "
-                  f"{f'{p99:.2f}' if ours else ''} |")
+            print(
+                f"| {concurrency} | {batch} | {kind} | {med[kind + ':rps']:.0f} |"
+                + (f" {med[kind + ':rps'] * batch:.0f} |" if images else "")
+                + f" {med[kind + ':p50_ms']:.2f} | {med[kind + ':p99_ms']:.2f} | {f'{ratio:.2f}x' if ours else ''} | "
+                f"{f'{p99:.2f}' if ours else ''} |"
+            )
 
 
 def main(argv=None) -> int:
@@ -159,7 +200,7 @@ def main(argv=None) -> int:
         X = trained.job.splits.test.X
         order = ["mlops-serve", "mlflow models serve"]
         for rep in range(args.repeats):
-            for kind in (order if rep % 2 == 0 else order[::-1]):
+            for kind in order if rep % 2 == 0 else order[::-1]:
                 proc = start(kind, uri, Path(args.config), free_port())
                 try:
                     path, body = request_for(kind, X[:16])
@@ -177,20 +218,28 @@ def main(argv=None) -> int:
                             w = wrk(proc.url, path, body, concurrency, args.seconds)
                             assert w["errors"] == 0, f"{kind}: {w['errors']} failed requests under wrk"
                             for key, value in w.items():
-                                wrk_results.setdefault((concurrency, batch), {}).setdefault(f"{kind}:{key}", []).append(value)
+                                wrk_results.setdefault((concurrency, batch), {}).setdefault(f"{kind}:{key}", []).append(
+                                    value
+                                )
                 finally:
                     proc.stop()
     finally:
         stop_tracking_server(tmp)
 
-    print(f"\nconfig {Path(args.config).name} ({cfg.model.architecture}); {args.seconds:g} s per level, {args.repeats} repeats "
-          f"(medians); torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+    print(
+        f"\nconfig {Path(args.config).name} ({cfg.model.architecture}); {args.seconds:g} s per level, {args.repeats} repeats "
+        f"(medians); torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
     table(results, "Load from httpx (asyncio, closed loop):", images=True)
-    if has_wrk: table(wrk_results, "Load from wrk (1 thread, keep-alive connections):", images=True)
-    else: print("\n(wrk is not installed: apt-get install wrk for the second table)")
-    print("\nthroughput ratio: mlops-serve / mlflow models serve (target: at least 2x); "
-          "p99 ratio: mlops-serve / mlflow models serve (target: below 1)")
+    if has_wrk:
+        table(wrk_results, "Load from wrk (1 thread, keep-alive connections):", images=True)
+    else:
+        print("\n(wrk is not installed: apt-get install wrk for the second table)")
+    print(
+        "\nthroughput ratio: mlops-serve / mlflow models serve (target: at least 2x); "
+        "p99 ratio: mlops-serve / mlflow models serve (target: below 1)"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ checks that both found the same results. Reports the medians and their ratio, an
 context, one trial's training time with 1 and 2 torch threads (the sweep gives each
 trial one thread).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import mlflow  # noqa: E402
-import torch  # noqa: E402
+import mlflow
+import torch
 
-from mlops_day28.config import load_config  # noqa: E402
-from mlops_day28.server import free_port, start_tracking_server, stop_tracking_server  # noqa: E402
-from mlops_day28.sweep import grid_points, results_table, run_grid_sweep, with_values  # noqa: E402
-from mlops_day28.training import prepare_training  # noqa: E402
+from mlops_day28.config import (
+    load_config,
+    with_values,
+)
+from mlops_day28.processes import free_port
+from mlops_day28.sweep import results_table, run_grid_sweep
+from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from mlops_day28.training import prepare_training
+from mlops_day28.trials import grid_points
 
 
 def timed_sweep(cfg, name, n_jobs):
@@ -42,7 +48,7 @@ def timed_sweep(cfg, name, n_jobs):
     seconds = time.perf_counter() - t
     table = results_table(result.parent_run_id)
     assert len(table) == len(grid_points(cfg.sweep.grid)) and (table.state == "complete").all()
-    return seconds, sorted(zip(table.run_name, table.final_val_accuracy))
+    return seconds, sorted(zip(table.run_name, table.final_val_accuracy, strict=False))
 
 
 def one_trial_seconds(cfg, threads):
@@ -86,15 +92,19 @@ def main(argv=None) -> int:
         stop_tracking_server(tmp)
 
     n = len(grid_points(cfg.sweep.grid))
-    print(f"\nconfig {Path(args.config).name}: {n} trials of {cfg.model.architecture}, {cfg.training.num_epochs} epochs; "
-          f"{args.repeats} repeats; torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}\n")
+    print(
+        f"\nconfig {Path(args.config).name}: {n} trials of {cfg.model.architecture}, {cfg.training.num_epochs} epochs; "
+        f"{args.repeats} repeats; torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}\n"
+    )
     print("| sweep | median s | min s | max s |")
     print("| --- | ---: | ---: | ---: |")
-    for label, ts in ((f"sequential (n_jobs=1)", seq), (f"{args.jobs} workers (n_jobs={args.jobs})", par)):
+    for label, ts in (("sequential (n_jobs=1)", seq), (f"{args.jobs} workers (n_jobs={args.jobs})", par)):
         print(f"| {label} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
-    print(f"\nspeed-up with {args.jobs} workers: {statistics.median(seq) / statistics.median(par):.2f}x "
-          f"(target: at least 1.6x with 2 workers on 2 cores); results identical in every repeat")
+    print(
+        f"\nspeed-up with {args.jobs} workers: {statistics.median(seq) / statistics.median(par):.2f}x "
+        f"(target: at least 1.6x with 2 workers on 2 cores); results identical in every repeat"
+    )
     print(f"one trial's training (first grid point): {one:.3f} s with 1 torch thread, {two:.3f} s with 2")
     return 0
 

@@ -17,6 +17,7 @@ Variants (each tracked one: start a run, log the params, train with a per-epoch 
                              config and the model in pt2 format) against untracked fit + test evaluation;
                              for information: it does more work than tracking alone
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import torch  # noqa: E402
+import mlflow
+import torch
 
-from mlops_day28.config import load_config  # noqa: E402
-from mlops_day28.server import free_port, start_tracking_server, stop_tracking_server  # noqa: E402
-from mlops_day28.tracking import MLflowEpochLogger, run_params, run_tracked_training  # noqa: E402
-from mlops_day28.training import prepare_training  # noqa: E402
+from mlops_day28.config import load_config
+from mlops_day28.processes import free_port
+from mlops_day28.tracking import MLflowEpochLogger, run_params, run_tracked_training
+from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from mlops_day28.training import prepare_training
 
 
 def untracked(cfg):
@@ -111,19 +113,21 @@ def main(argv=None) -> int:
         times = {name: [] for name in (*VARIANTS, *FULL)}
         for i in range(args.repeats):
             names = list(VARIANTS)
-            names = names[i % len(names):] + names[:i % len(names)]  # rotate the order
+            names = names[i % len(names) :] + names[: i % len(names)]  # rotate the order
             for name in names:
                 times[name].append(VARIANTS[name](cfg))
-            for name in (list(FULL) if i % 2 == 0 else list(FULL)[::-1]):
+            for name in list(FULL) if i % 2 == 0 else list(FULL)[::-1]:
                 times[name].append(FULL[name](cfg))
     finally:
         stop_tracking_server(tmp)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     base, full_base = med["untracked"], med["full: untracked fit + test"]
-    print(f"\nconfig {Path(args.config).name}: {cfg.model.architecture}, {cfg.training.num_epochs} epochs, "
-          f"batch {cfg.training.batch_size}; {args.repeats} repeats; torch {torch.__version__}, "
-          f"mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, {platform.python_version()}\n")
+    print(
+        f"\nconfig {Path(args.config).name}: {cfg.model.architecture}, {cfg.training.num_epochs} epochs, "
+        f"batch {cfg.training.batch_size}; {args.repeats} repeats; torch {torch.__version__}, "
+        f"mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, {platform.python_version()}\n"
+    )
     print("| variant | median s | min s | max s | ratio to baseline |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, ts in times.items():

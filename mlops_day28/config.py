@@ -5,200 +5,58 @@
 # %% ../nbs/00_config.ipynb #5a6fc00a
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ValidationError
+
+from .errors import InputError
+from .schema import Config, find_project_root, flatten_config, set_dotted
+
+_all_ = ["Config", "find_project_root", "flatten_config"]  # the schema's names every caller needs, from here too
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'find_project_root', 'SplitsConfig', 'DataConfig', 'ModelConfig', 'TrainingConfig', 'TrackingConfig',
-           'RegistryConfig', 'ModelTestsConfig', 'ServingConfig', 'SweepConfig', 'Config', 'ConfigError',
-           'config_from_dict', 'load_config', 'apply_overrides', 'flatten_config', 'workbook_config_path',
-           'check_config_main']
+__all__ = [
+    "ConfigError",
+    "config_from_dict",
+    "load_config",
+    "apply_overrides",
+    "with_values",
+    "workbook_config_path",
+    "Config",
+    "find_project_root",
+    "flatten_config",
+]
 
-# %% ../nbs/00_config.ipynb #bc45263b
-def find_project_root(start: str | Path | None = None, # where to start looking (default: the working directory)
-                     ) -> Path:
-    "The nearest folder at or above `start` holding `pyproject.toml` or `.git`; `start` itself if none."
-    start = Path(start or Path.cwd()).resolve()
-    if start.is_file(): start = start.parent
-    for d in [start, *start.parents]:
-        if (d/"pyproject.toml").exists() or (d/".git").exists(): return d
-    return start
-
-# %% ../nbs/00_config.ipynb #430e1b72
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
-
-class SplitsConfig(_Section):
-    "Fractions of the rows that go to each split; they must sum to 1."
-    train: float = Field(0.7, gt=0, lt=1)   # fraction used to fit the weights
-    val: float = Field(0.15, gt=0, lt=1)    # fraction used to choose epochs and compare runs
-    test: float = Field(0.15, gt=0, lt=1)   # fraction held out for the final score
-
-    @model_validator(mode="after")
-    def _sums_to_one(self):
-        total = self.train + self.val + self.test
-        if abs(total - 1) > 1e-6:
-            raise ValueError(f"train + val + test must sum to 1, got {self.train:g} + {self.val:g} + {self.test:g} = {total:g}")
-        return self
-
-class DataConfig(_Section):
-    "Where the data is and how it is split."
-    dataset_path: str = "data/digits.csv"  # a CSV (feature columns + label column) or a folder of class sub-folders of images
-    label_column: str = "label"            # the CSV column holding the class
-    image_size: int | None = Field(None, gt=0)  # resize folder images to this square size (default: keep their size)
-    splits: SplitsConfig = SplitsConfig()
-
-class ModelConfig(_Section):
-    "Which network to build."
-    architecture: Literal["mlp", "cnn", "resnet"] = "mlp"  # see the models notebook
-    num_classes: int = Field(10, gt=1)     # outputs of the last layer
-    hidden_size: int = Field(128, gt=0)    # MLP width, or channels of the conv nets
-    dropout: float = Field(0.2, ge=0, lt=1)
-    pretrained: bool = False               # start from the weights of the registered champion (nothing is downloaded)
-
-class TrainingConfig(_Section):
-    "How to fit the weights."
-    batch_size: int = Field(32, gt=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    num_epochs: int = Field(10, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    scheduler: Literal["none", "cosine", "step"] = "none"
-    weight_decay: float = Field(0.0, ge=0)
-    early_stopping_patience: int | None = Field(None, gt=0)  # stop after this many epochs without a better val loss
-
-class TrackingConfig(_Section):
-    "What the tracked run is called and what it logs."
-    run_name: str = "baseline_model"
-    log_model: bool = True                 # log the trained model with the run
-    wandb_project: str = "mlops-day28"     # W&B project for the offline runs
-
-class RegistryConfig(_Section):
-    "The registered model, and the champion/challenger gate that decides promotions."
-    model_name: str = "digits-classifier"  # name in the MLflow Model Registry
-    register_challenger: bool = False      # pipeline: register the trained model as challenger and run the gate
-    min_accuracy: float = Field(0.9, gt=0, le=1)  # test accuracy the first champion needs
-    min_improvement: float = Field(0.0, ge=0, lt=1)  # a challenger must beat the champion by more than this (absolute)
-    min_relative_improvement: float = Field(0.0, ge=0)  # ... and by at least this fraction of the champion's accuracy
-
-class ModelTestsConfig(_Section):
-    "The bars that the model tests (tests/test_model.py) and the evaluation gate (`mlops-evaluate`) hold a model to."
-    min_accuracy: float = Field(0.85, gt=0, le=1)       # test accuracy a model needs to pass
-    latency_budget_ms: float = Field(50.0, gt=0)        # mean single-sample CPU latency (generous: shared CI machines)
-    latency_p95_budget_ms: float = Field(100.0, gt=0)   # 95th percentile of the same
-    noise: float = Field(0.5, ge=0)                     # invariance: uniform pixel noise of this amplitude (pixels are 0-16) ...
-    max_flip_rate: float = Field(0.05, ge=0, le=1)      # ... may change at most this fraction of predictions
-    baseline_margin: float = Field(0.0, ge=0, lt=1)     # `--baseline`: the candidate may be worse by at most this much
-
-class ServingConfig(_Section):
-    "The model service (Exercise 6) and what it monitors."
-    model_uri: str | None = None            # default: models:/<registry.model_name>@champion; a local model folder works too
-    host: str = "127.0.0.1"                 # loopback only: nothing outside this machine can reach it
-    port: int = Field(8000, gt=0, lt=65536)
-    max_batch: int = Field(256, gt=0)       # images per /predict request, at most
-    accuracy_window: int = Field(200, gt=0) # model_accuracy: rolling accuracy over the last N feedback labels
-    drift_window: int = Field(300, gt=0)    # model_input_drift_psi: over the pixels of the last N images
-    keep_predictions: int = Field(10000, gt=0)  # prediction ids remembered for /feedback
-    torch_threads: int = Field(1, gt=0)     # threads per forward pass: one request at a time gains nothing from more
-
-DEFAULT_GRID = {"training.learning_rate": [0.0001, 0.001, 0.01], "training.batch_size": [16, 32, 64],
-                "model.dropout": [0.3, 0.5]}
-
-class SweepConfig(_Section):
-    "A hyperparameter sweep: the values to try, the strategy, and where trials are coordinated."
-    name: str = "hparam_sweep"             # the parent run's name; running a sweep of the same name again resumes it
-    strategy: Literal["grid", "tpe"] = "grid"  # every grid point, or Optuna's TPE sampler within the grid's ranges
-    grid: dict[str, list[Any]] = Field(default_factory=lambda: dict(DEFAULT_GRID))  # dotted config key -> values
-    n_trials: int | None = Field(None, gt=0)  # TPE budget (default: as many trials as the grid has points)
-    n_jobs: int = Field(1, gt=0)           # worker processes on this machine
-    storage: str = "sqlite:///.mlflow/optuna.db"  # Optuna study storage; relative sqlite paths are in the project root
-    pruning: bool = True                   # TPE: stop trials whose val accuracy is below the median at the same epoch
-
-    @field_validator("grid")
-    @classmethod
-    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if not grid: raise ValueError("is empty: give at least one config key with a list of values")
-        for key, values in grid.items():
-            if not values: raise ValueError(f"{key} has no values")
-            field = _field_at(key)
-            adapter = TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
-            for v in values:
-                try: adapter.validate_python(v)
-                except ValidationError as e:
-                    raise ValueError(f"{key} value {v!r} is not valid: {e.errors()[0]['msg']}") from None
-        return grid
-
-def _sweepable_keys() -> list[str]:
-    return [k for k in flatten_config(Config()) if not k.startswith("sweep.")]
-
-def _field_at(key: str):
-    "The pydantic field a dotted config key names (sections only lead to it); ValueError if there is none."
-    model, parts = Config, key.split(".")
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None)
-        is_section = isinstance(ann, type) and issubclass(ann, BaseModel)
-        last = i == len(parts) - 1
-        if field is None or part == "sweep" or (last and is_section) or (not last and not is_section):
-            close = difflib.get_close_matches(key, _sweepable_keys(), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"unknown parameter {key!r}{hint}")
-        model = ann
-    return field
-
-class Config(_Section):
-    "The whole configuration of a training run."
-    experiment_name: str = "week5_project_optimization"  # MLflow experiment the runs go to
-    seed: int = 42                         # seeds Python, NumPy and torch, and the data splits
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    registry: RegistryConfig = RegistryConfig()
-    sweep: SweepConfig = SweepConfig()
-    model_tests: ModelTestsConfig = ModelTestsConfig()
-    serving: ServingConfig = ServingConfig()
-    _source: Path | None = PrivateAttr(None)
-
-    @property
-    def source(self) -> Path | None:
-        "The YAML file this config was loaded from, if any."
-        return self._source
-
-    @property
-    def root(self) -> Path:
-        "The project root that relative paths in this config are resolved against."
-        return find_project_root(self._source or Path.cwd())
-
-    def resolve(self, path: str | Path) -> Path:
-        "`path` made absolute against the project root."
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.root/p
 
 # %% ../nbs/00_config.ipynb #17eb23cf
 class _Yaml12Loader(yaml.SafeLoader):
     "SafeLoader that reads `1e-3` as a float, as YAML 1.2 does."
 
+
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                   |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
 
 # %% ../nbs/00_config.ipynb #23bfa042
-class ConfigError(ValueError):
+class ConfigError(InputError):
     "A config that cannot be used; the message names the file and the key."
+
 
 def _fields_at(loc: tuple) -> list[str]:
     "Field names of the config section at `loc` (the section that held an unknown key)."
@@ -206,9 +64,11 @@ def _fields_at(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)): return []
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
         model = ann
     return list(model.model_fields)
+
 
 def _describe(err: dict) -> str:
     "One pydantic error as `key: problem`."
@@ -220,95 +80,88 @@ def _describe(err: dict) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})" if known else ""
         return f"{key}: unknown key{hint}"
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] in ("model_type", "model_attributes_type"): msg = "should be a mapping of keys to values"
+    if err["type"] in ("model_type", "model_attributes_type"):
+        msg = "should be a mapping of keys to values"
     got = "" if err["type"] in ("value_error", "model_type") else f" (got {err['input']!r})"
     return f"{key}: {msg}{got}"
 
-def config_from_dict(data: dict, # the parsed YAML
-                     source: str | Path | None = None, # where it came from, for messages and relative paths
-                    ) -> Config:
+
+def config_from_dict(
+    data: dict,  # the parsed YAML
+    source: str | Path | None = None,  # where it came from, for messages and relative paths
+) -> Config:
     "Validate `data` as a `Config`; raise `ConfigError` with one line naming each bad key."
     where = f"{source}: " if source else ""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}the top level should be a mapping of keys to values, got {type(data).__name__}")
-    try: cfg = Config.model_validate(data)
+    try:
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(where + "; ".join(_describe(err) for err in e.errors())) from None
     cfg._source = Path(source).resolve() if source else None
     return cfg
 
-def load_config(path: str | Path, # a YAML file
-                overrides: list[str] = (), # `key.sub=value` pairs applied on top of the file
-               ) -> Config:
+
+def load_config(
+    path: str | Path,  # a YAML file
+    overrides: list[str] = (),  # `key.sub=value` pairs applied on top of the file
+) -> Config:
     "Load and validate the YAML config at `path`, with `overrides` applied."
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (working directory: {Path.cwd()})")
-    try: data = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+    try:
+        data = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if data is None: raise ConfigError(f"{path}: the file is empty")
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty")
     if overrides:
-        if not isinstance(data, dict): return config_from_dict(data, source=path)  # the error names the top level
+        if not isinstance(data, dict):
+            return config_from_dict(data, source=path)  # the error names the top level
         data = apply_overrides(data, overrides)
     return config_from_dict(data, source=path)
 
+
 # %% ../nbs/00_config.ipynb #9aa98e17
-def apply_overrides(data: dict,             # the parsed YAML
-                    overrides: list[str],   # `dotted.key=value` strings
-                   ) -> dict:
+def apply_overrides(
+    data: dict,  # the parsed YAML
+    overrides: list[str],  # `dotted.key=value` strings
+) -> dict:
     "A copy of `data` with each `dotted.key=value` set (the value read as YAML)."
-    import copy
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. training.learning_rate=0.01")
-        parts = key.strip().split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
-        try: node[parts[-1]] = yaml.load(raw, Loader=_Yaml12Loader)
-        except yaml.YAMLError: node[parts[-1]] = raw
+        try:
+            value = yaml.load(raw, Loader=_Yaml12Loader)
+        except yaml.YAMLError:
+            value = raw
+        try:
+            set_dotted(data, key.strip(), value)
+        except ValueError as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
     return data
 
-# %% ../nbs/00_config.ipynb #65788e12
-def flatten_config(cfg: Config | dict, # the config, or a nested dict
-                   prefix: str = "",   # prepended to every key
-                  ) -> dict[str, Any]:
-    "The config as one flat dict with dotted keys (`training.learning_rate`)."
-    d = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict): out.update(flatten_config(v, f"{prefix}{k}."))
-        else: out[f"{prefix}{k}"] = v
-    return out
+
+def with_values(
+    cfg: Config,
+    values: dict[str, Any],  # dotted key -> value
+) -> Config:
+    "A copy of `cfg` with each dotted key in `values` set, validated again."
+    data = cfg.model_dump()
+    for key, value in values.items():
+        set_dotted(data, key, value)
+    return config_from_dict(data, source=cfg.source)
+
 
 # %% ../nbs/00_config.ipynb #448038a5
-def workbook_config_path(default: str = "configs/config.yaml", # used when MLOPS_CONFIG is not set
-                        ) -> Path:
+def workbook_config_path(
+    default: str = "configs/config.yaml",  # used when MLOPS_CONFIG is not set
+) -> Path:
     "The config the exercise notebooks use: `$MLOPS_CONFIG`, else `default`, relative to the project root."
     p = Path(os.environ.get("MLOPS_CONFIG") or default).expanduser()
-    return p if p.is_absolute() else find_project_root()/p
-
-# %% ../nbs/00_config.ipynb #9750e755
-def check_config_main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-check-config PATH...`: exit 0 if every config is valid, else 2."
-    import argparse
-    parser = argparse.ArgumentParser(prog="mlops-check-config", description="Validate workbook config files.")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="YAML config files")
-    args = parser.parse_args(argv)
-    status = 0
-    for p in args.paths:
-        try: cfg = load_config(p)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 2
-            continue
-        t = cfg.training
-        print(f"{p}: ok ({cfg.model.architecture}, {t.num_epochs} epochs, batch {t.batch_size}, lr {t.learning_rate:g})")
-    return status
+    return p if p.is_absolute() else find_project_root() / p

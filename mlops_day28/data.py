@@ -6,24 +6,43 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .config import Config, DataConfig, SplitsConfig, find_project_root
+from .errors import InputError
+from .schema import Config, DataConfig, SplitsConfig, find_project_root
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'write_digits_csv', 'Dataset', 'load_csv_dataset', 'load_image_folder', 'load_dataset', 'Split',
-           'DataSplits', 'split_dataset']
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataError",
+    "write_digits_csv",
+    "Dataset",
+    "load_csv_dataset",
+    "load_image_folder",
+    "load_dataset",
+    "Split",
+    "DataSplits",
+    "split_dataset",
+]
+
+
+# %% ../nbs/00a_data.ipynb #14473783
+class DataError(InputError):
+    "Data that cannot be trained on: missing, unreadable, or not what the config says; the message names the file."
+
 
 # %% ../nbs/00a_data.ipynb #d57f22ab
-def write_digits_csv(path: str | Path, # where to write the CSV
-                    ) -> Path:
+def write_digits_csv(
+    path: str | Path,  # where to write the CSV
+) -> Path:
     "Write scikit-learn's bundled digits data set to `path` as a CSV (64 pixel columns + `label`)."
     from sklearn.datasets import load_digits
+
     digits = load_digits()
     df = pd.DataFrame(digits.data.astype(np.int64), columns=[f"pixel_{i}" for i in range(64)])
     df["label"] = digits.target.astype(np.int64)
@@ -32,23 +51,27 @@ def write_digits_csv(path: str | Path, # where to write the CSV
     df.to_csv(path, index=False, lineterminator="\n")
     return path
 
+
 # %% ../nbs/00a_data.ipynb #2b73c5a3
 @dataclass
 class Dataset:
     "Features, labels and where they came from."
-    X: np.ndarray                   # (n, features) float32; images flattened row-major
-    y: np.ndarray                   # (n,) int64 class indices
-    class_names: list[str]          # class index -> name
+
+    X: np.ndarray  # (n, features) float32; images flattened row-major
+    y: np.ndarray  # (n,) int64 class indices
+    class_names: list[str]  # class index -> name
     feature_names: list[str]
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when the features are an image
-    source: str                     # the file or folder it was read from
-    digest: str                     # sha256 of the content
+    source: str  # the file or folder it was read from
+    digest: str  # sha256 of the content
     name: str = "dataset"
 
-    def __len__(self): return len(self.y)
+    def __len__(self):
+        return len(self.y)
 
     @property
-    def num_classes(self) -> int: return len(self.class_names)
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def frame(self) -> pd.DataFrame:
         "The dataset as one DataFrame: feature columns and a `label` column."
@@ -56,16 +79,20 @@ class Dataset:
         df["label"] = self.y
         return df
 
+
 def _sha256_file(path: Path, h=None):
     h = h or hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h
+
 
 def _square_image_shape(n_features: int) -> tuple[int, int, int] | None:
     "(1, s, s) when `n_features` is a perfect square s*s, else None."
-    s = int(round(n_features ** 0.5))
+    s = round(n_features**0.5)
     return (1, s, s) if s * s == n_features and s > 1 else None
+
 
 # %% ../nbs/00a_data.ipynb #78e16d6b
 def _encode_labels(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -74,99 +101,144 @@ def _encode_labels(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
     index = {c: i for i, c in enumerate(classes)}
     return labels.map(index).to_numpy(np.int64), [str(c) for c in classes]
 
-def load_csv_dataset(path: str | Path,        # CSV with feature columns and a label column
-                     label_column: str = "label",
-                    ) -> Dataset:
+
+def load_csv_dataset(
+    path: str | Path,  # CSV with feature columns and a label column
+    label_column: str = "label",
+) -> Dataset:
     "Load a CSV of numeric feature columns plus a label column."
     path = Path(path)
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
     if label_column not in df.columns:
-        raise ValueError(f"{path}: no label column '{label_column}' (columns: {', '.join(map(str, df.columns[:8]))}"
-                         f"{', ...' if len(df.columns) > 8 else ''}); set data.label_column in the config")
+        raise DataError(
+            f"{path}: no label column '{label_column}' (columns: {', '.join(map(str, df.columns[:8]))}"
+            f"{', ...' if len(df.columns) > 8 else ''}); set data.label_column in the config"
+        )
     features = df.drop(columns=[label_column])
-    if features.shape[1] == 0: raise ValueError(f"{path}: no feature columns besides '{label_column}'")
+    if features.shape[1] == 0:
+        raise DataError(f"{path}: no feature columns besides '{label_column}'")
     text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if text: raise ValueError(f"{path}: feature column '{text[0]}' is not numeric (e.g. {features[text[0]].iloc[0]!r})")
+    if text:
+        raise DataError(f"{path}: feature column '{text[0]}' is not numeric (e.g. {features[text[0]].iloc[0]!r})")
     missing = df.isna().sum()
     if missing.any():
         col = missing[missing > 0].index[0]
-        raise ValueError(f"{path}: column '{col}' has {missing[col]} missing value(s)")
+        raise DataError(f"{path}: column '{col}' has {missing[col]} missing value(s)")
     y, class_names = _encode_labels(df[label_column])
-    return Dataset(X=features.to_numpy(np.float32), y=y, class_names=class_names,
-                   feature_names=[str(c) for c in features.columns],
-                   image_shape=_square_image_shape(features.shape[1]), source=str(path),
-                   digest=_sha256_file(path).hexdigest(), name=path.stem)
+    return Dataset(
+        X=features.to_numpy(np.float32),
+        y=y,
+        class_names=class_names,
+        feature_names=[str(c) for c in features.columns],
+        image_shape=_square_image_shape(features.shape[1]),
+        source=str(path),
+        digest=_sha256_file(path).hexdigest(),
+        name=path.stem,
+    )
+
 
 # %% ../nbs/00a_data.ipynb #42c3c218
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-def load_image_folder(path: str | Path,          # folder with one sub-folder of images per class
-                      image_size: int | None = None, # resize to (image_size, image_size); default: keep
-                     ) -> Dataset:
+
+def load_image_folder(
+    path: str | Path,  # folder with one sub-folder of images per class
+    image_size: int | None = None,  # resize to (image_size, image_size); default: keep
+) -> Dataset:
     "Load greyscale images from `path/<class>/*`, one sub-folder per class."
     from PIL import Image
+
     path = Path(path)
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2: raise ValueError(f"{path}: expected one sub-folder per class, found {len(classes)}")
+    if len(classes) < 2:
+        raise DataError(f"{path}: expected one sub-folder per class, found {len(classes)}")
     h = hashlib.sha256()
     rows, labels, size = [], [], None
     for label, cls in enumerate(classes):
-        files = sorted(f for f in (path/cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files: raise ValueError(f"{path/cls}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files = sorted(f for f in (path / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path / cls}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
             h.update(f.relative_to(path).as_posix().encode() + b"\0")
             _sha256_file(f, h)
             with Image.open(f) as im:
                 im = im.convert("L")
-                if image_size: im = im.resize((image_size, image_size))
-                if size is None: size = im.size
+                if image_size:
+                    im = im.resize((image_size, image_size))
+                if size is None:
+                    size = im.size
                 elif im.size != size:
-                    raise ValueError(f"{f}: size {im.size} differs from {size}; set data.image_size to resize")
+                    raise DataError(f"{f}: size {im.size} differs from {size}; set data.image_size to resize")
                 rows.append(np.asarray(im, dtype=np.float32).reshape(-1))
             labels.append(label)
     w, hgt = size
-    return Dataset(X=np.stack(rows), y=np.asarray(labels, np.int64), class_names=classes,
-                   feature_names=[f"pixel_{i}" for i in range(w * hgt)], image_shape=(1, hgt, w),
-                   source=str(path), digest=h.hexdigest(), name=path.name)
+    return Dataset(
+        X=np.stack(rows),
+        y=np.asarray(labels, np.int64),
+        class_names=classes,
+        feature_names=[f"pixel_{i}" for i in range(w * hgt)],
+        image_shape=(1, hgt, w),
+        source=str(path),
+        digest=h.hexdigest(),
+        name=path.name,
+    )
+
 
 # %% ../nbs/00a_data.ipynb #faeea776
-def load_dataset(data: DataConfig | Config, # the config, or its `data` section
-                 root: str | Path | None = None, # resolve relative paths here (default: the config's project root)
-                ) -> Dataset:
+def load_dataset(
+    data: DataConfig | Config,  # the config, or its `data` section
+    root: str | Path | None = None,  # resolve relative paths here (default: the config's project root)
+) -> Dataset:
     "Load the dataset a config names: a CSV file or a folder of class sub-folders."
-    if isinstance(data, Config): root, data = root or data.root, data.data
+    if isinstance(data, Config):
+        root, data = root or data.root, data.data
     path = Path(data.dataset_path).expanduser()
-    if not path.is_absolute(): path = Path(root or find_project_root())/path
-    if path.is_dir(): return load_image_folder(path, data.image_size)
+    if not path.is_absolute():
+        path = Path(root or find_project_root()) / path
+    if path.is_dir():
+        return load_image_folder(path, data.image_size)
     if not path.exists():
-        raise FileNotFoundError(f"data.dataset_path: {path} does not exist (relative paths are resolved against {root or find_project_root()})")
+        raise DataError(
+            f"data.dataset_path: {path} does not exist (relative paths are resolved against {root or find_project_root()})"
+        )
     if path.suffix.lower() != ".csv":
-        raise ValueError(f"data.dataset_path: {path} is neither a .csv file nor a folder of class sub-folders")
+        raise DataError(f"data.dataset_path: {path} is neither a .csv file nor a folder of class sub-folders")
     return load_csv_dataset(path, data.label_column)
+
 
 # %% ../nbs/00a_data.ipynb #0f364916
 @dataclass
 class Split:
     "One split: features, labels, and the row indices into the dataset."
+
     X: np.ndarray
     y: np.ndarray
     index: np.ndarray
 
-    def __len__(self): return len(self.y)
+    def __len__(self):
+        return len(self.y)
+
 
 @dataclass
 class DataSplits:
     "The train, validation and test splits of a dataset."
+
     train: Split
     val: Split
     test: Split
 
-    def sizes(self) -> dict[str, int]: return {k: len(getattr(self, k)) for k in ("train", "val", "test")}
+    def sizes(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in ("train", "val", "test")}
 
-def split_dataset(ds: Dataset,                 # the data to split
-                  splits: SplitsConfig | None = None, # fractions (default 0.7/0.15/0.15)
-                  seed: int = 42,              # the same seed gives the same split
-                 ) -> DataSplits:
+
+def split_dataset(
+    ds: Dataset,  # the data to split
+    splits: SplitsConfig | None = None,  # fractions (default 0.7/0.15/0.15)
+    seed: int = 42,  # the same seed gives the same split
+) -> DataSplits:
     "Stratified train/val/test split of `ds`, the same for the same seed."
     splits = splits or SplitsConfig()
     idx = np.arange(len(ds))
@@ -175,7 +247,9 @@ def split_dataset(ds: Dataset,                 # the data to split
         val_share = splits.val / (splits.val + splits.test)
         val_idx, test_idx = train_test_split(rest, train_size=val_share, stratify=ds.y[rest], random_state=seed)
     except ValueError as e:
-        raise ValueError(f"cannot split {len(ds)} rows of {ds.num_classes} classes as "
-                         f"{splits.train:g}/{splits.val:g}/{splits.test:g} with every class in every split: {e}") from None
-    mk = lambda i: Split(ds.X[np.sort(i)], ds.y[np.sort(i)], np.sort(i))
-    return DataSplits(mk(train_idx), mk(val_idx), mk(test_idx))
+        raise DataError(
+            f"cannot split {len(ds)} rows of {ds.num_classes} classes as "
+            f"{splits.train:g}/{splits.val:g}/{splits.test:g} with every class in every split: {e}"
+        ) from None
+    parts = [np.sort(i) for i in (train_idx, val_idx, test_idx)]
+    return DataSplits(*(Split(ds.X[i], ds.y[i], i) for i in parts))

@@ -5,42 +5,52 @@
 # %% ../nbs/05_cicd.ipynb #9232b966
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
 from torch import nn
 
-from .config import Config, ConfigError, find_project_root, load_config
+from .config import Config
 from .data import Dataset, DataSplits, load_dataset, split_dataset
-from .registry import RegistryError, get_version, require_alias
+from .registry import load_model
 from .training import prepare_training
 
 # %% auto #0
-__all__ = ['single_sample_latency', 'overfit_one_batch', 'prediction_flip_rate', 'data_problems', 'ModelLoadError',
-           'resolve_model_uri', 'load_any_model', 'evaluate_model', 'gate', 'metrics_markdown', 'main', 'deploy_main']
+__all__ = [
+    "single_sample_latency",
+    "overfit_one_batch",
+    "prediction_flip_rate",
+    "data_problems",
+    "evaluate_model",
+    "Evaluation",
+    "evaluate_uri",
+    "gate",
+    "metrics_markdown",
+]
+
 
 # %% ../nbs/05_cicd.ipynb #934fa595
 @torch.no_grad()
-def single_sample_latency(model: nn.Module, X: np.ndarray, # rows to predict, one at a time
-                          n: int = 200, warmup: int = 20) -> dict[str, float]:
+def single_sample_latency(
+    model: nn.Module,
+    X: np.ndarray,  # rows to predict, one at a time
+    n: int = 200,
+    warmup: int = 20,
+) -> dict[str, float]:
     "Mean and 95th-percentile latency (ms) of predicting one row at a time, after a warm-up."
     model.eval()
     rows = [torch.as_tensor(X[i % len(X)][None], dtype=torch.float32) for i in range(n + warmup)]
-    for x in rows[:warmup]: model(x)
+    for x in rows[:warmup]:
+        model(x)
     times = []
     for x in rows[warmup:]:
         start = time.perf_counter()
         model(x)
         times.append((time.perf_counter() - start) * 1000)
     return {"mean_ms": float(np.mean(times)), "p95_ms": float(np.percentile(times, 95)), "n": n}
+
 
 # %% ../nbs/05_cicd.ipynb #ad305c15
 def overfit_one_batch(cfg: Config, n: int = 32, steps: int = 200, lr: float = 0.01) -> list[float]:
@@ -52,9 +62,12 @@ def overfit_one_batch(cfg: Config, n: int = 32, steps: int = 200, lr: float = 0.
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(X), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     return losses
+
 
 # %% ../nbs/05_cicd.ipynb #4f7ab4e4
 @torch.no_grad()
@@ -67,6 +80,7 @@ def prediction_flip_rate(model: nn.Module, X: np.ndarray, noise: float = 0.5, se
     after = model(torch.from_numpy(noisy)).argmax(1)
     return float((before != after).float().mean())
 
+
 # %% ../nbs/05_cicd.ipynb #f2800b0d
 def data_problems(ds: Dataset, splits: DataSplits, num_classes: int) -> list[str]:
     "What is wrong with a dataset and its splits (an empty list when nothing is)."
@@ -75,50 +89,78 @@ def data_problems(ds: Dataset, splits: DataSplits, num_classes: int) -> list[str
         problems.append(f"features: {ds.X.shape} does not match {len(ds.feature_names)} column names")
     if ds.image_shape and int(np.prod(ds.image_shape)) != ds.X.shape[1]:
         problems.append(f"image shape {ds.image_shape} does not hold {ds.X.shape[1]} features")
-    if np.isnan(ds.X).any(): problems.append(f"{int(np.isnan(ds.X).sum())} missing feature values")
+    if np.isnan(ds.X).any():
+        problems.append(f"{int(np.isnan(ds.X).sum())} missing feature values")
     if ds.y.min() < 0 or ds.y.max() >= num_classes:
         problems.append(f"labels span {ds.y.min()}..{ds.y.max()}, expected 0..{num_classes - 1}")
     for name in ("train", "val", "test"):
         missing = sorted(set(range(num_classes)) - set(getattr(splits, name).y.tolist()))
-        if missing: problems.append(f"{name} split has no examples of classes {missing}")
+        if missing:
+            problems.append(f"{name} split has no examples of classes {missing}")
     return problems
 
+
 # %% ../nbs/05_cicd.ipynb #796d94f1
-class ModelLoadError(ValueError):
-    "A model URI or path that does not lead to a model; the message says what is accepted."
-
-def resolve_model_uri(uri: str) -> str:
-    "Check that `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a folder) leads to a model; return it."
-    if uri.startswith("models:/"):
-        name, sep, alias = uri[len("models:/"):].partition("@")
-        try:
-            if sep: require_alias(name, alias)
-            elif "/" in name: get_version(*name.rsplit("/", 1))
-        except RegistryError as e: raise ModelLoadError(str(e)) from None
-        return uri
-    if uri.startswith("runs:/"): return uri
-    path = Path(uri).expanduser()
-    if not path.exists(): raise ModelLoadError(
-        f"{uri!r} is neither a model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH) nor an existing folder")
-    if not (path/"MLmodel").exists(): raise ModelLoadError(f"{uri}: not an MLflow model folder (no MLmodel file in it)")
-    return str(path)
-
-def load_any_model(uri: str, loader=None):
-    "Load a model from any URI `resolve_model_uri` accepts (with `loader`, default `mlflow.pyfunc.load_model`)."
-    uri = resolve_model_uri(uri)
-    try: return (loader or mlflow.pyfunc.load_model)(uri)
-    except (MlflowException, OSError) as e:
-        raise ModelLoadError(f"cannot load {uri}: {getattr(e, 'message', e)}") from None
-
 def evaluate_model(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     "Accuracy, macro F1 and cross-entropy of a pyfunc model that returns class scores, on (X, y)."
     from sklearn.metrics import f1_score
+
     logits = np.asarray(model.predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
     logits -= logits.max(1, keepdims=True)
     log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     pred = logits.argmax(1)
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
-            "loss": float(-log_probs[np.arange(len(y)), y].mean()), "n_samples": int(len(y))}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        "loss": float(-log_probs[np.arange(len(y)), y].mean()),
+        "n_samples": len(y),
+    }
+
+
+@dataclass
+class Evaluation:
+    "What `mlops-evaluate` found: the candidate's scores (and the baseline's), the decision, and why."
+
+    model: str
+    metrics: dict[str, float]
+    threshold: float
+    passed: bool
+    message: str
+    baseline: str | None = None
+    baseline_metrics: dict[str, float] | None = None
+    margin: float = 0.0
+
+    def report(self) -> dict:
+        "The flat JSON report that `mlops-evaluate` writes to `metrics.json`."
+        out = {"model": self.model, **self.metrics, "threshold": self.threshold, "passed": self.passed}
+        if self.baseline_metrics is not None:
+            out.update(baseline=self.baseline, baseline_accuracy=self.baseline_metrics["accuracy"], margin=self.margin)
+        return out
+
+    def markdown(self, title: str = "Evaluation") -> str:
+        "The scores as a Markdown table, for a CI job summary."
+        return metrics_markdown(self.metrics, self.threshold, self.baseline_metrics, title, self.message)
+
+
+def evaluate_uri(
+    model_uri: str,  # any URI `load_model` accepts
+    cfg: Config,  # the test split and the default bars
+    threshold: float | None = None,  # default: model_tests.min_accuracy
+    baseline_uri: str | None = None,  # a model the candidate must not be worse than
+    margin: float | None = None,  # default: model_tests.baseline_margin
+) -> Evaluation:
+    "Score the model at `model_uri` (and the baseline) on the config's test split, loaded as a service would, and gate it."
+    bars = cfg.model_tests
+    threshold = bars.min_accuracy if threshold is None else threshold
+    margin = bars.baseline_margin if margin is None else margin
+    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.seed).test
+    candidate = load_model(model_uri)
+    reference = load_model(baseline_uri) if baseline_uri else None
+    metrics = evaluate_model(candidate, test.X, test.y)
+    base = evaluate_model(reference, test.X, test.y) if reference is not None else None
+    passed, message = gate(metrics, threshold, base, margin)
+    return Evaluation(model_uri, metrics, threshold, passed, message, baseline_uri, base, margin)
+
 
 # %% ../nbs/05_cicd.ipynb #aaeeab8a
 def gate(metrics: dict, threshold: float, baseline: dict | None = None, margin: float = 0.0) -> tuple[bool, str]:
@@ -127,91 +169,33 @@ def gate(metrics: dict, threshold: float, baseline: dict | None = None, margin: 
     if acc < threshold:
         return False, f"FAILED: accuracy {acc:.4f} is below the threshold {threshold:.4f} by {threshold - acc:.4f}"
     if baseline is not None and acc < baseline["accuracy"] - margin:
-        return False, (f"FAILED: accuracy {acc:.4f} is {baseline['accuracy'] - acc:.4f} below the baseline's "
-                       f"{baseline['accuracy']:.4f} (allowed: {margin:.4f})")
+        return False, (
+            f"FAILED: accuracy {acc:.4f} is {baseline['accuracy'] - acc:.4f} below the baseline's "
+            f"{baseline['accuracy']:.4f} (allowed: {margin:.4f})"
+        )
     vs = f", baseline {baseline['accuracy']:.4f} (margin {margin:.4f})" if baseline is not None else ""
     return True, f"PASSED: accuracy {acc:.4f} >= threshold {threshold:.4f}{vs}"
 
-def metrics_markdown(metrics: dict, threshold: float, baseline: dict | None = None, title: str = "Evaluation") -> str:
+
+def metrics_markdown(
+    metrics: dict,
+    threshold: float,
+    baseline: dict | None = None,
+    title: str = "Evaluation",
+    message: str | None = None,  # the gate's verdict (default: `gate` with no margin)
+) -> str:
     "The metrics (and the baseline's) as a Markdown table, for a CI job summary."
-    ok, message = gate(metrics, threshold, baseline)
-    head = "| metric | candidate |" + (" baseline |" if baseline else "") + "\n| --- | ---: |" + (" ---: |" if baseline else "")
-    rows = [f"| {k} | {v:.4f} |" + (f" {baseline[k]:.4f} |" if baseline else "") if isinstance(v, float)
-            else f"| {k} | {v} |" + (f" {baseline[k]} |" if baseline else "") for k, v in metrics.items()]
+    message = message or gate(metrics, threshold, baseline)[1]
+    head = (
+        "| metric | candidate |"
+        + (" baseline |" if baseline else "")
+        + "\n| --- | ---: |"
+        + (" ---: |" if baseline else "")
+    )
+    rows = [
+        f"| {k} | {v:.4f} |" + (f" {baseline[k]:.4f} |" if baseline else "")
+        if isinstance(v, float)
+        else f"| {k} | {v} |" + (f" {baseline[k]} |" if baseline else "")
+        for k, v in metrics.items()
+    ]
     return f"### {title}\n\n{head}\n" + "\n".join(rows) + f"\n\nthreshold: {threshold:.4f}. {message}\n"
-
-# %% ../nbs/05_cicd.ipynb #12afaa11
-def main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-evaluate --model URI [--threshold T] [--baseline URI]`: exit 0 pass, 1 fail, 2 bad arguments."
-    parser = argparse.ArgumentParser(prog="mlops-evaluate", description="Score a model on the test split and gate it.")
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a folder")
-    parser.add_argument("--threshold", type=float, help="minimum accuracy, 0-1 (default: model_tests.min_accuracy)")
-    parser.add_argument("--baseline", help="a model the candidate must not be worse than (e.g. models:/NAME@champion)")
-    parser.add_argument("--margin", type=float, help="how much worse than the baseline is allowed (default: model_tests.baseline_margin)")
-    parser.add_argument("--config", type=Path, default=None, help="config for the data and defaults (default: configs/config.yaml)")
-    parser.add_argument("--output", type=Path, default=Path("metrics.json"), help="where to write the metrics (default: metrics.json)")
-    parser.add_argument("--markdown", type=Path, help="also write the Markdown table here (e.g. a CI job summary)")
-    args = parser.parse_args(argv)
-    for flag, value in (("--threshold", args.threshold), ("--margin", args.margin)):
-        if value is not None and not 0 <= value <= 1: parser.error(f"{flag} must be between 0 and 1, got {value}")
-    try: cfg = load_config(args.config or find_project_root()/"configs"/"config.yaml")
-    except ConfigError as e: parser.error(str(e))
-    threshold = cfg.model_tests.min_accuracy if args.threshold is None else args.threshold
-    margin = cfg.model_tests.baseline_margin if args.margin is None else args.margin
-    if os.environ.get("MLFLOW_TRACKING_URI"): mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        candidate = load_any_model(args.model)
-        reference = load_any_model(args.baseline) if args.baseline else None
-    except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.seed).test
-    metrics = evaluate_model(candidate, test.X, test.y)
-    baseline = evaluate_model(reference, test.X, test.y) if reference else None
-    ok, message = gate(metrics, threshold, baseline, margin)
-    report = {"model": args.model, **metrics, "threshold": threshold, "passed": ok,
-              **({"baseline": args.baseline, "baseline_accuracy": baseline["accuracy"], "margin": margin} if baseline else {})}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    table = metrics_markdown(metrics, threshold, baseline, f"Evaluation of {args.model}")
-    if args.markdown: args.markdown.write_text(table)
-    print(json.dumps(report, indent=2))
-    print(table)
-    if not ok: print(message, file=sys.stderr)
-    return 0 if ok else 1
-
-# %% ../nbs/05_cicd.ipynb #49f591da
-def deploy_main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-deploy --model DIR`: register a CI-built model at $DEPLOY_MLFLOW_TRACKING_URI and gate it."
-    from mlops_day28.registry import CHALLENGER, promote_if_better, register_run_model
-    parser = argparse.ArgumentParser(prog="mlops-deploy", description="Register a model folder as challenger and gate it.")
-    parser.add_argument("--model", required=True, type=Path, help="an MLflow model folder (what CI exported)")
-    parser.add_argument("--config", type=Path, default=None, help="config: registry settings and test data")
-    args = parser.parse_args(argv)
-    uri = os.environ.get("DEPLOY_MLFLOW_TRACKING_URI", "").strip()
-    if not uri:
-        print("::notice title=deploy skipped::DEPLOY_MLFLOW_TRACKING_URI is not set (in GitHub: the MLFLOW_TRACKING_URI "
-              "secret); nothing was deployed")
-        return 0
-    if not (args.model/"MLmodel").exists():
-        print(f"error: {args.model}: not an MLflow model folder (no MLmodel file in it)", file=sys.stderr)
-        return 2
-    try: cfg = load_config(args.config or find_project_root()/"configs"/"config.yaml")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(f"{cfg.experiment_name}_deployments")
-    with mlflow.start_run(run_name="ci_deploy", tags={"source": "mlops-deploy",
-                                                      "github.sha": os.environ.get("GITHUB_SHA", "")}) as run:
-        mlflow.log_artifacts(str(args.model), "model")
-    mv = register_run_model(run.info.run_id, cfg.registry.model_name, alias=CHALLENGER)
-    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.seed).test
-    r = cfg.registry
-    decision = promote_if_better(cfg.registry.model_name, test.X, test.y, version=mv.version,
-                                 min_accuracy=r.min_accuracy, min_improvement=r.min_improvement,
-                                 min_relative_improvement=r.min_relative_improvement)
-    print(f"registered {cfg.registry.model_name} v{mv.version} at {uri}: "
-          f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason})")
-    return 0

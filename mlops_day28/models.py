@@ -9,105 +9,177 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .errors import InputError
+from .schema import ModelConfig
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'Standardize', 'MLP', 'CNN', 'ResidualBlock', 'ResNet', 'build_model', 'count_parameters']
+__all__ = [
+    "ImageShape",
+    "ARCHITECTURES",
+    "Standardize",
+    "MLP",
+    "ImageModel",
+    "CNN",
+    "ResidualBlock",
+    "ResNet",
+    "build_model",
+    "count_parameters",
+]
+
 
 # %% ../nbs/00b_models.ipynb #b80b38eb
 class Standardize(nn.Module):
     "(x - mean) / std per feature, with statistics stored in the model's state."
+
     def __init__(self, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray):
         super().__init__()
         std = torch.as_tensor(std, dtype=torch.float32)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
-        self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant features pass unscaled
+        self.register_buffer(
+            "std", torch.where(std > 1e-6, std, torch.ones_like(std))
+        )  # constant features pass unscaled
 
     @classmethod
-    def fit(cls, X: np.ndarray, # training rows
-            image_shape: tuple[int, int, int] | None = None, # (C, H, W): one mean and std per channel, not per pixel
-           ) -> "Standardize":
+    def fit(
+        cls,
+        X: np.ndarray,  # training rows
+        image_shape: tuple[int, int, int] | None = None,  # (C, H, W): one mean and std per channel, not per pixel
+    ) -> Standardize:
         "A `Standardize` fitted on `X`: per feature for tabular data, per channel for images."
         X = np.asarray(X, dtype=np.float32)
-        if image_shape is None: return cls(X.mean(0), X.std(0))
+        if image_shape is None:
+            return cls(X.mean(0), X.std(0))
         channels = X.reshape(len(X), image_shape[0], -1)
-        per_pixel = lambda v: np.repeat(v, channels.shape[2])
-        return cls(per_pixel(channels.mean((0, 2))), per_pixel(channels.std((0, 2))))
+        mean, std = (np.repeat(v, channels.shape[2]) for v in (channels.mean((0, 2)), channels.std((0, 2))))
+        return cls(mean, std)
 
-    def forward(self, x): return (x - self.mean) / self.std
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
 
 # %% ../nbs/00b_models.ipynb #c748dbc0
 class MLP(nn.Module):
     "Two hidden layers with ReLU and dropout."
+
     def __init__(self, in_features: int, num_classes: int, hidden_size: int = 128, dropout: float = 0.2):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_size, num_classes))
+            nn.Linear(in_features, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
 
-    def forward(self, x): return self.net(x)
+    def forward(self, x):
+        return self.net(x)
 
-class CNN(nn.Module):
-    "Three 3x3 convolutions, global average pooling, dropout, a linear classifier."
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, hidden_size: int = 32, dropout: float = 0.2):
+
+ImageShape = tuple[int, int, int]  # (channels, height, width)
+
+
+class ImageModel(nn.Module):
+    "A network that takes flat rows of pixels and sees them as images of `image_shape`."
+
+    def __init__(self, image_shape: ImageShape):
         super().__init__()
         self.image_shape = tuple(image_shape)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        "The rows of `x` as a batch of images, (n, C, H, W)."
+        return x.reshape(-1, *self.image_shape)
+
+
+class CNN(ImageModel):
+    "Three 3x3 convolutions, global average pooling, dropout, a linear classifier."
+
+    def __init__(self, image_shape: ImageShape, num_classes: int, hidden_size: int = 32, dropout: float = 0.2):
+        super().__init__(image_shape)
         c, h = image_shape[0], hidden_size
         self.features = nn.Sequential(
-            nn.Conv2d(c, h, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(h, 2 * h, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * h, 2 * h, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(c, h, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(h, 2 * h, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * h, 2 * h, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * h, num_classes))
 
-    def forward(self, x): return self.head(self.features(x.reshape(-1, *self.image_shape)))
+    def forward(self, x):
+        return self.head(self.features(self.images(x)))
+
 
 class ResidualBlock(nn.Module):
     "conv-bn-relu-conv-bn plus the input, then relu."
+
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
-    def forward(self, x): return torch.relu(x + self.body(x))
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
 
-class ResNet(nn.Module):
+
+class ResNet(ImageModel):
     "A small residual network: a stem, two residual blocks, global pooling, dropout, a classifier."
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, hidden_size: int = 32, dropout: float = 0.2):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.stem = nn.Sequential(nn.Conv2d(image_shape[0], hidden_size, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(hidden_size), nn.ReLU())
-        self.blocks = nn.Sequential(ResidualBlock(hidden_size), ResidualBlock(hidden_size))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(hidden_size, num_classes))
 
-    def forward(self, x): return self.head(self.blocks(self.stem(x.reshape(-1, *self.image_shape))))
+    def __init__(self, image_shape: ImageShape, num_classes: int, hidden_size: int = 32, dropout: float = 0.2):
+        super().__init__(image_shape)
+        self.stem = nn.Sequential(
+            nn.Conv2d(image_shape[0], hidden_size, 3, padding=1, bias=False), nn.BatchNorm2d(hidden_size), nn.ReLU()
+        )
+        self.blocks = nn.Sequential(ResidualBlock(hidden_size), ResidualBlock(hidden_size))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(hidden_size, num_classes)
+        )
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(self.images(x))))
+
 
 # %% ../nbs/00b_models.ipynb #ea500ab9
 def _mlp(cfg: ModelConfig, in_features, image_shape):
     return MLP(in_features, cfg.num_classes, cfg.hidden_size, cfg.dropout)
 
+
 def _image_model(cls):
     def make(cfg: ModelConfig, in_features, image_shape):
         if image_shape is None or int(np.prod(image_shape)) != in_features:
-            raise ValueError(f"model.architecture '{cfg.architecture}' needs image-shaped features "
-                             f"(got {in_features} features, image shape {image_shape}); use 'mlp' for tabular data")
+            raise InputError(
+                f"model.architecture '{cfg.architecture}' needs image-shaped features "
+                f"(got {in_features} features, image shape {image_shape}); use 'mlp' for tabular data"
+            )
         return cls(image_shape, cfg.num_classes, cfg.hidden_size, cfg.dropout)
+
     return make
+
 
 ARCHITECTURES = {"mlp": _mlp, "cnn": _image_model(CNN), "resnet": _image_model(ResNet)}
 
-def build_model(cfg: ModelConfig,          # architecture, num_classes, hidden_size, dropout
-                train_X: np.ndarray,       # training features: sets the input size and the scaling
-                image_shape: tuple[int, int, int] | None = None, # (C, H, W) for the image models
-               ) -> nn.Sequential:
+
+def build_model(
+    cfg: ModelConfig,  # architecture, num_classes, hidden_size, dropout
+    train_X: np.ndarray,  # training features: sets the input size and the scaling
+    image_shape: tuple[int, int, int] | None = None,  # (C, H, W) for the image models
+) -> nn.Sequential:
     "The model `cfg` names, preceded by a `Standardize` fitted on `train_X`."
     if cfg.architecture not in ARCHITECTURES:
-        raise ValueError(f"model.architecture: unknown '{cfg.architecture}' (choose from {', '.join(ARCHITECTURES)})")
+        raise InputError(f"model.architecture: unknown '{cfg.architecture}' (choose from {', '.join(ARCHITECTURES)})")
     body = ARCHITECTURES[cfg.architecture](cfg, train_X.shape[1], image_shape)
     return nn.Sequential(Standardize.fit(train_X, image_shape), body)
+
 
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."

@@ -5,115 +5,114 @@
 # %% ../nbs/03_pipeline.ipynb #a2d81d37
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import mlflow
 
 import mlops_day28
-from .config import Config, ConfigError, find_project_root, flatten_config, load_config
-from .registry import (CHALLENGER, CHAMPION, RegistryError, get_registered_model, promote_if_better,
-                                  register_run_model, version_for_alias)
-from .server import TrackingServerError, setup_mlflow
+
+from .config import Config, flatten_config
+from .errors import InputError
+from .promotion import promote_if_better
+from .registry import CHALLENGER, CHAMPION, RegistryError, load_model, register_run_model, version_for_alias
 from .tracking import git_tags, train_and_log
 from .training import TrainingJob, prepare_training
 
 # %% auto #0
-__all__ = ['PipelineInputError', 'init_from_champion', 'prepare_pipeline', 'train_pipeline', 'main']
+__all__ = ["PipelineInputError", "init_from_champion", "train_pipeline"]
+
 
 # %% ../nbs/03_pipeline.ipynb #2fb8038a
-class PipelineInputError(ValueError):
-    "The config, data or registry state cannot be trained from; found before any run is created."
+class PipelineInputError(InputError):
+    "The registry state cannot be trained from (exit code 2); found before any run is created."
+
 
 def init_from_champion(job: TrainingJob) -> str:
     "Load the registered champion's weights into `job.model`; returns the champion's version."
     name = job.cfg.registry.model_name
-    try: champion = version_for_alias(name, CHAMPION)
-    except RegistryError as e: raise PipelineInputError(f"model.pretrained: {e}") from None
+    try:
+        champion = version_for_alias(name, CHAMPION)
+    except RegistryError as e:
+        raise PipelineInputError(f"model.pretrained: {e}") from None
     if champion is None:
-        raise PipelineInputError(f"model.pretrained is true but model {name!r} has no champion yet; "
-                                 "train once with model.pretrained=false and promote it first")
-    weights = mlflow.pytorch.load_model(f"models:/{name}/{champion.version}").state_dict()
-    try: job.model.load_state_dict(weights)
+        raise PipelineInputError(
+            f"model.pretrained is true but model {name!r} has no champion yet; "
+            "train once with model.pretrained=false and promote it first"
+        )
+    weights = load_model(f"models:/{name}/{champion.version}", flavor="pytorch").state_dict()
+    try:
+        job.model.load_state_dict(weights)
     except RuntimeError:
         raise PipelineInputError(
             f"model.pretrained: champion v{champion.version} of {name!r} is a {champion.tags.get('architecture', 'different')} "
             f"model, not model.architecture={job.cfg.model.architecture!r} with hidden_size={job.cfg.model.hidden_size}; "
-            "use the champion's architecture or set model.pretrained=false") from None
+            "use the champion's architecture or set model.pretrained=false"
+        ) from None
     return champion.version
 
-# %% ../nbs/03_pipeline.ipynb #dd29c8b3
-def prepare_pipeline(cfg: Config) -> tuple[TrainingJob, str | None]:
-    "Build the training job from `cfg` (and load the champion's weights if `pretrained`); raise `PipelineInputError` on bad input."
-    try: job = prepare_training(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e: raise PipelineInputError(str(e)) from None
-    return job, (init_from_champion(job) if cfg.model.pretrained else None)
 
-def train_pipeline(cfg: Config,
-                   run_name: str | None = None, # default: cfg.tracking.run_name
-                   progress: bool = True,
-                  ) -> dict:
+# %% ../nbs/03_pipeline.ipynb #dd29c8b3
+def train_pipeline(
+    cfg: Config,
+    run_name: str | None = None,  # default: cfg.tracking.run_name
+    progress: bool = True,
+    job: TrainingJob | None = None,  # already prepared from `cfg` (default: prepared here)
+) -> dict:
     "Train, evaluate and log the model `cfg` describes; register it as challenger and gate it if configured."
-    job, pretrained_from = prepare_pipeline(cfg)
+    job = job or prepare_training(cfg)  # bad data or model settings raise an InputError here, before any run
+    pretrained_from = init_from_champion(job) if cfg.model.pretrained else None
     mlflow.set_experiment(cfg.experiment_name)
     tags = {**git_tags(cfg.root), "mlops_day28.version": mlops_day28.__version__, "pipeline": "train_pipeline"}
-    if pretrained_from: tags["pretrained_from"] = f"models:/{cfg.registry.model_name}/{pretrained_from}"
+    if pretrained_from:
+        tags["pretrained_from"] = f"models:/{cfg.registry.model_name}/{pretrained_from}"
     with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags=tags) as run:
         params = {**flatten_config(cfg), "dataset_digest": job.dataset.digest, "device": str(job.device)}
         mlflow.log_params(params)
-        if cfg.source: mlflow.log_artifact(str(cfg.source), "config")
+        if cfg.source:
+            mlflow.log_artifact(str(cfg.source), "config")
         tracked = train_and_log(job, progress=progress)
-    metrics = {**tracked.test_metrics, "best_epoch": tracked.history.best_epoch,
-               "best_val_accuracy": tracked.history.best["val_accuracy"]}
+    metrics = {
+        **tracked.test_metrics,
+        "best_epoch": tracked.history.best_epoch,
+        "best_val_accuracy": tracked.history.best["val_accuracy"],
+    }
     print(f"Final test accuracy: {metrics['test_accuracy']:.4f}")
-    result = {"run_id": run.info.run_id, "experiment_name": cfg.experiment_name, "params": params,
-              "metrics": metrics, "model_uri": tracked.model_uri, "registered_version": None, "gate": None}
+    result = {
+        "run_id": run.info.run_id,
+        "experiment_name": cfg.experiment_name,
+        "experiment_id": run.info.experiment_id,
+        "params": params,
+        "metrics": metrics,
+        "model_uri": tracked.model_uri,
+        "registered_version": None,
+        "gate": None,
+    }
     if cfg.registry.register_challenger and tracked.model_uri:
         name, r = cfg.registry.model_name, cfg.registry
         mv = register_run_model(run.info.run_id, name, alias=CHALLENGER)
-        decision = promote_if_better(name, job.splits.test.X, job.splits.test.y, version=mv.version,
-                                     min_accuracy=r.min_accuracy, min_improvement=r.min_improvement,
-                                     min_relative_improvement=r.min_relative_improvement)
+        decision = promote_if_better(
+            name,
+            job.splits.test.X,
+            job.splits.test.y,
+            version=mv.version,
+            min_accuracy=r.min_accuracy,
+            min_improvement=r.min_improvement,
+            min_relative_improvement=r.min_relative_improvement,
+        )
         client = mlflow.MlflowClient()
         client.set_tag(run.info.run_id, "registered_version", mv.version)
         client.set_tag(run.info.run_id, "gate.decision", "promoted" if decision.promoted else "rejected")
         result.update(registered_version=mv.version, gate=asdict(decision))
-        print(f"Registered {name} v{mv.version} as {CHALLENGER}; gate: "
-              f"{'promoted to ' + CHAMPION if decision.promoted else 'rejected'} ({decision.reason})")
+        print(
+            f"Registered {name} v{mv.version} as {CHALLENGER}; gate: "
+            f"{'promoted to ' + CHAMPION if decision.promoted else 'rejected'} ({decision.reason})"
+        )
     return result
 
-# %% ../nbs/03_pipeline.ipynb #5980f5a7
-def main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-train --config PATH [--set key=value ...]`."
-    parser = argparse.ArgumentParser(prog="mlops-train", description="Train, track, register and gate a model from a YAML config.")
-    parser.add_argument("--config", required=True, type=Path, help="YAML config, e.g. configs/config.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set training.learning_rate=0.01 (repeatable)")
-    parser.add_argument("--run-name", default=None, help="MLflow run name (default: tracking.run_name)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try: cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try: server = setup_mlflow(root=find_project_root(cfg.source))
-    except TrackingServerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    try: result = train_pipeline(cfg, run_name=args.run_name, progress=not args.no_progress)
-    except PipelineInputError as e:
-        print(f"error: {args.config}: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        print(f"error: training failed ({type(e).__name__}: {e}); the MLflow run, if one was started, is marked FAILED",
-              file=sys.stderr)
-        return 1
-    print(f"Run: {server.uri}/#/experiments/{mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id}"
-          f"/runs/{result['run_id']}")
-    return 0
 
 # %% ../nbs/03_pipeline.ipynb #c41b1405
 if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m mlops_day28.pipeline`, not this notebook
-    sys.exit(main())
+    from mlops_day28.cli import train
+
+    sys.exit(train())

@@ -5,73 +5,167 @@
 # %% ../nbs/02_registry.ipynb #b3286a68
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from .config import Config
+from .errors import InputError
 
 # %% auto #0
-__all__ = ['CHAMPION', 'CHALLENGER', 'RegistryError', 'get_registered_model', 'model_aliases', 'get_version', 'version_for_alias',
-           'require_alias', 'load_model', 'describe_version', 'register_run_model', 'GateDecision', 'evaluate_version',
-           'champion_history', 'promote_if_better', 'update_model_description', 'rollback']
+__all__ = [
+    "CHAMPION",
+    "CHALLENGER",
+    "RegistryError",
+    "get_registered_model",
+    "model_aliases",
+    "get_version",
+    "version_for_alias",
+    "require_alias",
+    "ModelLoadError",
+    "ModelRef",
+    "resolve_model_uri",
+    "load_model",
+    "model_metadata",
+    "describe_version",
+    "register_run_model",
+]
 
 # %% ../nbs/02_registry.ipynb #43c9d558
 CHAMPION, CHALLENGER = "champion", "challenger"
 
-class RegistryError(LookupError):
-    "A registered model, version, alias or run that does not exist; the message says what does."
+
+class RegistryError(InputError, LookupError):
+    "A registered model, version, alias or run that does not exist (exit code 2); the message says what does."
+
 
 def _missing(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e)
 
+
 def get_registered_model(name: str):
     "The registered model `name`, or a `RegistryError` listing the registered models."
-    try: return MlflowClient().get_registered_model(name)
+    try:
+        return MlflowClient().get_registered_model(name)
     except MlflowException as e:
-        if not _missing(e): raise
+        if not _missing(e):
+            raise
         names = sorted(m.name for m in MlflowClient().search_registered_models())
-        raise RegistryError(f"no registered model {name!r} on {mlflow.get_tracking_uri()}; "
-                            f"registered: {', '.join(names) or 'none yet'}") from None
+        raise RegistryError(
+            f"no registered model {name!r} on {mlflow.get_tracking_uri()}; registered: {', '.join(names) or 'none yet'}"
+        ) from None
+
 
 def model_aliases(name: str) -> dict[str, str]:
     "Alias -> version of the registered model `name`."
     return dict(get_registered_model(name).aliases or {})
 
+
 def get_version(name: str, version: str | int) -> ModelVersion:
     "Version `version` of model `name`, or a `RegistryError` listing its versions."
     get_registered_model(name)
-    try: return MlflowClient().get_model_version(name, str(version))
+    try:
+        return MlflowClient().get_model_version(name, str(version))
     except MlflowException as e:
-        if not _missing(e): raise
+        if not _missing(e):
+            raise
         versions = sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
-        raise RegistryError(f"model {name!r} has no version {version}; versions: "
-                            f"{', '.join(map(str, versions)) or 'none yet'}") from None
+        raise RegistryError(
+            f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none yet'}"
+        ) from None
+
 
 def version_for_alias(name: str, alias: str) -> ModelVersion | None:
     "The version `alias` points at, or None when the model has no such alias."
     v = model_aliases(name).get(alias)
     return MlflowClient().get_model_version(name, v) if v else None
 
+
 def _alias_error(name: str, alias: str) -> RegistryError:
     known = ", ".join(f"{a} -> v{v}" for a, v in sorted(model_aliases(name).items()))
     return RegistryError(f"model {name!r} has no alias {alias!r}; its aliases: {known or 'none yet'}")
 
+
 def require_alias(name: str, alias: str) -> str:
     "The version `alias` points at; a `RegistryError` naming the aliases that exist if there is none."
     version = model_aliases(name).get(alias)
-    if version is None: raise _alias_error(name, alias)
+    if version is None:
+        raise _alias_error(name, alias)
     return version
 
-def load_model(name: str, alias: str = CHAMPION):
-    "`mlflow.pyfunc.load_model('models:/name@alias')`, with an error naming the aliases that exist."
-    require_alias(name, alias)
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+# %% ../nbs/02_registry.ipynb #aa65d21b
+class ModelLoadError(InputError):
+    "A model URI or path that does not lead to a model (exit code 2); the message says what is accepted."
+
+
+@dataclass
+class ModelRef:
+    "Where a model URI leads: what to load, and which registered model and version that is."
+
+    uri: str  # the URI as given
+    load_uri: str  # what to load: models:/NAME/VERSION for an alias, so a moving alias cannot change it mid-way
+    name: str  # the registered model's name, or the URI / folder
+    version: str  # the registry version, a run id, or "local"
+
+
+def resolve_model_uri(
+    uri: str,  # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder
+) -> ModelRef:
+    "Check that `uri` leads to a model and say which; `ModelLoadError` naming what exists if it does not."
+    if uri.startswith("models:/"):
+        ref = uri.removeprefix("models:/")
+        name, at, alias = ref.partition("@")
+        try:
+            if at:
+                version = require_alias(name, alias)
+                return ModelRef(uri, f"models:/{name}/{version}", name, version)
+            if "/" in name:
+                name, version = name.rsplit("/", 1)
+                return ModelRef(uri, uri, name, get_version(name, version).version)
+        except RegistryError as e:
+            raise ModelLoadError(str(e)) from None
+        return ModelRef(uri, uri, ref, "logged")  # models:/m-<id>, a logged model
+    if uri.startswith("runs:/"):
+        return ModelRef(uri, uri, uri, uri.removeprefix("runs:/").split("/")[0])
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"{uri!r} is neither a model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH) "
+            "nor an existing folder"
+        )
+    if not (path / "MLmodel").exists():
+        raise ModelLoadError(f"{uri}: not an MLflow model folder (no MLmodel file in it)")
+    return ModelRef(uri, str(path), str(path), "local")
+
+
+def load_model(
+    uri: str | ModelRef,  # any URI `resolve_model_uri` accepts, or what it returned
+    flavor: Literal["pyfunc", "pytorch"] = "pyfunc",  # MLflow's generic `predict`, or the PyTorch module itself
+):
+    "The one way this package loads a model: from the registry, a run or a folder; `ModelLoadError` says what is wrong."
+    ref = uri if isinstance(uri, ModelRef) else resolve_model_uri(uri)
+    loader = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.pytorch.load_model
+    try:
+        return loader(ref.load_uri)
+    except (MlflowException, OSError) as e:
+        raise ModelLoadError(f"cannot load {ref.uri}: {getattr(e, 'message', e)}") from None
+
+
+def model_metadata(uri: str | ModelRef) -> dict:
+    "The `metadata` a model was logged with (its MLmodel file), e.g. the input profile a service needs."
+    from mlflow.models import Model
+
+    ref = uri if isinstance(uri, ModelRef) else resolve_model_uri(uri)
+    try:
+        return Model.load(ref.load_uri).metadata or {}
+    except (MlflowException, OSError) as e:
+        raise ModelLoadError(f"cannot read the MLmodel file of {ref.uri}: {getattr(e, 'message', e)}") from None
+
 
 # %% ../nbs/02_registry.ipynb #9ff5c5c1
 def describe_version(name: str, version: str | int) -> ModelVersion:
@@ -85,135 +179,52 @@ def describe_version(name: str, version: str | int) -> ModelVersion:
     acc, loss = m.get("test_accuracy"), m.get("test_loss")
     tags = {"run_id": mv.run_id, "run_name": run.info.run_name, "architecture": arch, "dataset_digest": digest}
     tags.update({k: f"{v:.4f}" for k, v in (("test_accuracy", acc), ("test_loss", loss)) if v is not None})
-    for k, v in tags.items(): c.set_model_version_tag(name, mv.version, k, v)
-    score = f"test accuracy {acc:.4f}, test loss {loss:.4f}" if acc is not None and loss is not None else "no test metrics"
-    c.update_model_version(name, mv.version, description=(
-        f"{arch} trained by run '{run.info.run_name}' ({mv.run_id}); {score} on the held-out test split; "
-        f"data sha256 {digest[:12]}."))
+    for k, v in tags.items():
+        c.set_model_version_tag(name, mv.version, k, v)
+    score = (
+        f"test accuracy {acc:.4f}, test loss {loss:.4f}" if acc is not None and loss is not None else "no test metrics"
+    )
+    c.update_model_version(
+        name,
+        mv.version,
+        description=(
+            f"{arch} trained by run '{run.info.run_name}' ({mv.run_id}); {score} on the held-out test split; "
+            f"data sha256 {digest[:12]}."
+        ),
+    )
     return c.get_model_version(name, mv.version)
 
-def register_run_model(run_id: str,            # the run that logged the model
-                       name: str,              # registered model name (created if new)
-                       artifact: str = "model", # the name the model was logged under
-                       alias: str | None = None, # also point this alias at the new version
-                      ) -> ModelVersion:
+
+def register_run_model(
+    run_id: str,  # the run that logged the model
+    name: str,  # registered model name (created if new)
+    artifact: str = "model",  # the name the model was logged under
+    alias: str | None = None,  # also point this alias at the new version
+) -> ModelVersion:
     "Register the model a run logged as a new version of `name`, describe it, and optionally alias it."
     c = MlflowClient()
-    try: run = c.get_run(run_id)
+    try:
+        run = c.get_run(run_id)
     except MlflowException as e:
-        if not _missing(e): raise
-        raise RegistryError(f"run {run_id!r} does not exist on {mlflow.get_tracking_uri()}; "
-                            "copy the run id from the MLflow UI or from run.info.run_id") from None
+        if not _missing(e):
+            raise
+        raise RegistryError(
+            f"run {run_id!r} does not exist on {mlflow.get_tracking_uri()}; "
+            "copy the run id from the MLflow UI or from run.info.run_id"
+        ) from None
     # MLflow 3 keeps a logged model as a model of its own (models:/<model_id>), linked to the run;
     # the course's runs:/<run_id>/model still works, but MLflow then warns and looks it up the same way.
-    logged = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])
-              if c.get_logged_model(o.model_id).name == artifact]
+    logged = [
+        o.model_id
+        for o in (run.outputs.model_outputs if run.outputs else [])
+        if c.get_logged_model(o.model_id).name == artifact
+    ]
     uri = f"models:/{logged[-1]}" if logged else f"runs:/{run_id}/{artifact}"
-    try: mv = mlflow.register_model(uri, name)
+    try:
+        mv = mlflow.register_model(uri, name)
     except MlflowException as e:
         raise RegistryError(f"run {run_id!r} has no model logged as {artifact!r}: {e.message}") from None
     mv = describe_version(name, mv.version)
-    if alias: MlflowClient().set_registered_model_alias(name, alias, mv.version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, mv.version)
     return mv
-
-# %% ../nbs/02_registry.ipynb #344b5edc
-@dataclass
-class GateDecision:
-    "What the champion/challenger gate decided, and on which numbers."
-    promoted: bool
-    challenger: str               # version number
-    challenger_accuracy: float
-    champion: str | None          # the champion it was compared with (None: there was none)
-    champion_accuracy: float | None
-    reason: str
-
-def evaluate_version(name: str, version: str | int, X: np.ndarray, y: np.ndarray) -> float:
-    "Accuracy of registered version `version` on (X, y), loaded through pyfunc like a service would."
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return float((np.asarray(model.predict(np.asarray(X, dtype=np.float32))).argmax(1) == np.asarray(y)).mean())
-
-def champion_history(name: str) -> list[str]:
-    "Versions that were champion before the current one, oldest first."
-    raw = get_registered_model(name).tags.get("champion_history", "")
-    return [v for v in raw.split(",") if v]
-
-def _set_champion(name: str, version: str, history: list[str]) -> None:
-    c = MlflowClient()
-    c.set_registered_model_tag(name, "champion_history", ",".join(history))
-    c.set_registered_model_alias(name, CHAMPION, version)
-
-def promote_if_better(name: str,
-                      X: np.ndarray, y: np.ndarray,    # the held-out test split both are scored on
-                      version: str | int | None = None, # default: the version aliased `challenger`
-                      min_accuracy: float = 0.9,       # the first champion needs this
-                      min_improvement: float = 0.0,    # a challenger must beat the champion by more than this
-                      min_relative_improvement: float = 0.0, # ... and by this fraction of the champion's accuracy
-                     ) -> GateDecision:
-    "Move `champion` to the challenger only if it wins on (X, y); record the scores and decision as tags."
-    c = MlflowClient()
-    if version is None:
-        challenger = version_for_alias(name, CHALLENGER)
-        if challenger is None: raise _alias_error(name, CHALLENGER)
-    else: challenger = get_version(name, version)
-    champion = version_for_alias(name, CHAMPION)
-    if champion and champion.version == challenger.version:
-        acc = evaluate_version(name, challenger.version, X, y)
-        return GateDecision(False, challenger.version, acc, champion.version, acc, "already the champion")
-    acc = evaluate_version(name, challenger.version, X, y)
-    if champion is None:
-        promoted = acc >= min_accuracy
-        champ_acc = None
-        reason = (f"first champion: accuracy {acc:.4f} {'>=' if promoted else '<'} the minimum {min_accuracy:.4f}")
-    else:
-        champ_acc = evaluate_version(name, champion.version, X, y)
-        delta = acc - champ_acc
-        rel = delta / champ_acc if champ_acc else float("inf")
-        promoted = delta > min_improvement and rel >= min_relative_improvement  # a tie never wins
-        reason = (f"{acc:.4f} vs champion v{champion.version} {champ_acc:.4f}: {delta:+.4f} ({rel:+.2%}); "
-                  f"needs more than +{min_improvement:.4f} and at least {min_relative_improvement:+.2%}")
-    decision = GateDecision(promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    for k, v in {"gate.decision": "promoted" if promoted else "rejected", "gate.accuracy": f"{acc:.4f}",
-                 "gate.compared_with": f"v{champion.version}" if champion else "none",
-                 "gate.compared_accuracy": f"{champ_acc:.4f}" if champ_acc is not None else "none",
-                 "gate.reason": reason, "gate.time": stamp}.items():
-        c.set_model_version_tag(name, challenger.version, k, v)
-    if champion:
-        c.set_model_version_tag(name, champion.version, "gate.last_challenge",
-                                f"v{challenger.version} {'won' if promoted else 'lost'} at {stamp} ({acc:.4f} vs {champ_acc:.4f})")
-    if promoted:
-        _set_champion(name, challenger.version, champion_history(name) + ([champion.version] if champion else []))
-        update_model_description(name)
-    return decision
-
-# %% ../nbs/02_registry.ipynb #e667b48c
-def update_model_description(name: str) -> str:
-    "Describe the registered model from its champion's tags: what it is, the data, its measured accuracy."
-    champ = version_for_alias(name, CHAMPION)
-    text = (f"Classifies 8x8 greyscale images of handwritten digits (0-9), trained on the bundled digits data "
-            f"(data/digits.csv, see data/README.md). Load the production model as models:/{name}@champion.")
-    if champ:
-        t = champ.tags
-        text += (f" Current champion: v{champ.version} ({t.get('architecture', '?')}), test accuracy "
-                 f"{t.get('gate.accuracy', t.get('test_accuracy', '?'))} on the held-out test split, "
-                 f"data sha256 {t.get('dataset_digest', '')[:12]}, run {t.get('run_id', '?')}.")
-    MlflowClient().update_registered_model(name, description=text)
-    return text
-
-# %% ../nbs/02_registry.ipynb #08ca0c6b
-def rollback(name: str) -> str:
-    "Move `champion` back to the previous champion; returns that version."
-    history = champion_history(name)
-    if not history:
-        raise RegistryError(f"model {name!r} has no previous champion to roll back to "
-                            f"(aliases: {model_aliases(name) or 'none'})")
-    current = version_for_alias(name, CHAMPION)
-    previous = history.pop()
-    c = MlflowClient()
-    c.set_registered_model_tag(name, "champion_history", ",".join(history))
-    c.set_registered_model_alias(name, CHAMPION, previous)
-    if current:
-        c.set_model_version_tag(name, current.version, "gate.rolled_back",
-                                f"replaced by v{previous} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
-    update_model_description(name)
-    return previous

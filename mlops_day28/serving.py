@@ -5,24 +5,11 @@
 # %% ../nbs/06_monitoring.ipynb #245ed301
 from __future__ import annotations
 
-import argparse
 import collections
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.parse
-import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
-import httpx
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
@@ -30,203 +17,84 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from .config import Config, ConfigError, find_project_root, load_config
-from .data import load_dataset, split_dataset
+from .config import Config
+from .drift import PixelDrift
+from .payloads import INVALID_REASONS, BadRequest, parse_images
+from .served_model import ServedModel, load_served_model
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'INVALID_REASONS', 'ServedModel', 'load_served_model', 'PixelDrift', 'drifted', 'ServiceMetrics',
-           'BadRequest', 'parse_images', 'create_app', 'promtool', 'main', 'Process', 'start_service',
-           'start_prometheus', 'scrape', 'send_traffic', 'prometheus_get', 'alert_state', 'histogram_quantile',
-           'dashboard_series', 'prometheus_series', 'plot_dashboard', 'emulate_alert']
-
-# %% ../nbs/06_monitoring.ipynb #b0452146
-@dataclass
-class ServedModel:
-    "A loaded model and what it is."
-    module: torch.nn.Module   # takes a (n, features) float32 tensor, returns class scores
-    name: str                 # registered model name, or the folder / URI it came from
-    version: str              # registry version, or "local" / a run id
-    uri: str
-
-    @torch.inference_mode()
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        "Class probabilities for the rows of `X`."
-        return torch.softmax(self.module(torch.from_numpy(X)), 1).numpy()
-
-    def optimized(self, example: np.ndarray) -> "ServedModel":
-        "The same model traced and frozen with TorchScript, if it gives the same answers on `example`; else itself."
-        import warnings
-        try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.freeze(torch.jit.trace(self.module, torch.from_numpy(example[:1]), check_trace=False).eval())
-                for n in (1, 7, len(example)):  # one batch size was traced: check others too
-                    x = torch.from_numpy(example[:n])
-                    if not torch.allclose(traced(x), self.module(x), atol=1e-5): return self
-        except Exception: return self  # not traceable: serve it as loaded
-        return ServedModel(traced, self.name, self.version, self.uri)
-
-def load_served_model(uri: str) -> ServedModel:
-    "Load `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a model folder) for serving."
-    import mlflow
-    from mlops_day28.evaluate import load_any_model
-    # the pt2 graph was exported in eval mode (and refuses .eval()); ModelLoadError names what is wrong
-    module = load_any_model(uri, loader=mlflow.pytorch.load_model)
-    name, version = uri, "local"
-    if uri.startswith("models:/"):
-        ref = uri[len("models:/"):]
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
-        elif "/" in ref: name, version = ref.rsplit("/", 1)
-    elif uri.startswith("runs:/"): version = uri.split("/")[1]
-    return ServedModel(module, name, str(version), uri)
-
-# %% ../nbs/06_monitoring.ipynb #113fb77e
-class PixelDrift:
-    "Population stability index of pixel intensities: recent inputs against the training data."
-    def __init__(self, reference: np.ndarray, # training rows
-                 window: int = 300,            # compare the last `window` images
-                 bins: int = 17, lo: float = 0.0, hi: float = 16.0, eps: float = 1e-4):
-        self.edges = np.linspace(lo, hi, bins + 1)
-        self.eps = eps
-        self.expected = self._share(self._histograms(reference).sum(0))
-        self.window = np.zeros((window, bins))  # a ring buffer of per-image histograms
-        self.total, self.pos, self.count = np.zeros(bins), 0, 0
-
-    def _histograms(self, X: np.ndarray) -> np.ndarray:
-        "One histogram per row (bins as np.histogram: half-open, the last one closed)."
-        bins = len(self.edges) - 1
-        idx = np.clip(np.searchsorted(self.edges, X, side="right") - 1, 0, bins - 1)
-        return (idx[..., None] == np.arange(bins)).sum(-2).astype(float)
-
-    def _share(self, counts: np.ndarray) -> np.ndarray:
-        return np.clip(counts / max(counts.sum(), 1), self.eps, None)
-
-    def __len__(self): return self.count
-
-    def update(self, X: np.ndarray) -> None:
-        "Add the images in `X` (one row each) to the window, pushing out the oldest."
-        size = len(self.window)
-        H = self._histograms(np.asarray(X))[-size:]
-        slots = (self.pos + np.arange(len(H))) % size
-        self.total += H.sum(0) - self.window[slots].sum(0)
-        self.window[slots] = H
-        self.pos, self.count = (self.pos + len(H)) % size, min(self.count + len(H), size)
-
-    def psi(self) -> float:
-        "The PSI of the window against the training data (0 while the window is empty)."
-        if not self.count: return 0.0
-        actual = self._share(self.total)
-        return float(np.sum((actual - self.expected) * np.log(actual / self.expected)))
-
-# %% ../nbs/06_monitoring.ipynb #f535f4c1
-def drifted(X: np.ndarray, seed: int = 0) -> np.ndarray:
-    "The same digits written fainter on a noisier background: a drifted input distribution."
-    rng = np.random.default_rng(seed)
-    return np.clip(np.round(X * 0.5 + rng.uniform(0, 4, X.shape)), 0, 16).astype(np.float32)
+__all__ = ["LATENCY_BUCKETS", "ServiceMetrics", "create_app", "serve_model"]
 
 # %% ../nbs/06_monitoring.ipynb #8be21565
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-INVALID_REASONS = ("not_json", "bad_field", "type", "shape", "not_finite", "out_of_range", "empty_batch",
-                   "batch_too_large", "unknown_prediction_id", "duplicate_feedback")
+
 
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of their own."
+
     def __init__(self, class_names: list[str]):
         self.registry = r = CollectorRegistry()
         self.predictions = Counter("model_predictions", "Images classified.", registry=r)
-        self.latency = Histogram("model_prediction_latency_seconds", "Time in the model per /predict request.",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.classes = Counter("model_class_predictions", "Predictions by predicted class.", ["predicted_class"], registry=r)
+        self.latency = Histogram(
+            "model_prediction_latency_seconds",
+            "Time in the model per /predict request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.classes = Counter(
+            "model_class_predictions", "Predictions by predicted class.", ["predicted_class"], registry=r
+        )
         self.accuracy = Gauge("model_accuracy", "Accuracy over the last feedback labels (NaN before any).", registry=r)
         self.window = Gauge("model_accuracy_window_size", "Feedback labels in the accuracy window.", registry=r)
         self.feedback = Counter("model_feedback", "Feedback labels received.", ["correct"], registry=r)
-        self.drift = Gauge("model_input_drift_psi", "Population stability index of input pixels vs the training data.", registry=r)
+        self.drift = Gauge(
+            "model_input_drift_psi", "Population stability index of input pixels vs the training data.", registry=r
+        )
         self.invalid = Counter("model_invalid_requests", "Rejected requests, by reason.", ["reason"], registry=r)
         self.info = Info("model", "The model being served.", registry=r)
         self.accuracy.set(float("nan"))
-        for c in class_names: self.classes.labels(predicted_class=c)  # every class present from the start, at 0
-        for reason in INVALID_REASONS: self.invalid.labels(reason=reason)
-        for correct in ("true", "false"): self.feedback.labels(correct=correct)
+        for c in class_names:
+            self.classes.labels(predicted_class=c)  # every class present from the start, at 0
+        for reason in INVALID_REASONS:
+            self.invalid.labels(reason=reason)
+        for correct in ("true", "false"):
+            self.feedback.labels(correct=correct)
 
-# %% ../nbs/06_monitoring.ipynb #4f9976b0
-class BadRequest(Exception):
-    "A request the service refuses: HTTP status, a reason (the metric's label) and a message."
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-def parse_images(body: bytes, n_features: int = 64, image_shape: tuple = (8, 8), lo: float = 0.0, hi: float = 16.0,
-                 max_batch: int = 256) -> tuple[np.ndarray, bool]:
-    "The images in a /predict body as a float32 (n, n_features) array, and whether it was a single image."
-    try: data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise BadRequest(422, "bad_field", "the body should be a JSON object: {\"image\": [...]} or {\"images\": [[...], ...]}")
-    unknown = sorted(set(data) - {"image", "images"})
-    if unknown or len(data) != 1:
-        raise BadRequest(422, "bad_field", f"send exactly one of 'image' (one image) or 'images' (a batch)"
-                                            + (f"; unknown field(s): {', '.join(unknown)}" if unknown else ""))
-    single = "image" in data
-    items = [data["image"]] if single else data["images"]
-    if not isinstance(items, list): raise BadRequest(422, "type", "'images' should be a list of images")
-    if not items: raise BadRequest(422, "empty_batch", "'images' is empty: send at least one image")
-    if len(items) > max_batch:
-        raise BadRequest(413, "batch_too_large", f"'images' has {len(items)} images; at most {max_batch} per request")
-    try:  # the fast path: a well-formed batch converts in one call
-        arr = np.asarray(items)
-        if arr.dtype.kind in "iuf" and arr.shape[1:] in ((n_features,), tuple(image_shape)):
-            rows = arr.reshape(len(items), n_features).astype(np.float32)
-            if np.isfinite(rows).all() and rows.min() >= lo and rows.max() <= hi: return rows, single
-    except ValueError: pass  # ragged: the loop below says where
-    rows = np.empty((len(items), n_features), dtype=np.float32)
-    for i, item in enumerate(items):
-        where = "image" if single else f"images[{i}]"
-        try: arr = np.asarray(item)
-        except ValueError: raise BadRequest(422, "shape", f"{where}: rows of different lengths; expected {n_features} numbers "
-                                                          f"or {image_shape[0]} rows of {image_shape[1]}") from None
-        if arr.dtype.kind not in "iuf":
-            raise BadRequest(422, "type", f"{where}: pixel values must be numbers (got {arr.dtype.name} values such as {arr.ravel()[:1].tolist()})"
-                             if arr.size else f"{where}: no pixel values")
-        if arr.shape not in ((n_features,), tuple(image_shape)):
-            raise BadRequest(422, "shape", f"{where}: expected {n_features} values or {image_shape[0]}x{image_shape[1]}, got shape {arr.shape}")
-        arr = arr.reshape(-1).astype(np.float32)
-        if not np.isfinite(arr).all(): raise BadRequest(422, "not_finite", f"{where}: pixel values must be finite (got NaN or infinity)")
-        if arr.min() < lo or arr.max() > hi:
-            raise BadRequest(422, "out_of_range", f"{where}: pixel values must be between {lo:g} and {hi:g}, got {arr.min():g} to {arr.max():g}")
-        rows[i] = arr
-    return rows, single
 
 # %% ../nbs/06_monitoring.ipynb #7d05db81
-def create_app(model: ServedModel,        # what to serve
-               cfg: Config | None = None,  # serving settings and the training data (drift reference, value range)
-               reference: np.ndarray | None = None, # training rows for drift (default: the config's train split)
-               optimize: bool = True,      # serve a TorchScript-frozen copy of the model when it answers the same
-              ) -> FastAPI:
+def create_app(
+    model: ServedModel,  # what to serve, with its input profile (shape, range, classes, drift reference)
+    cfg: Config | None = None,  # the serving settings
+    optimize: bool = True,  # serve a TorchScript-frozen copy of the model when it answers the same
+) -> FastAPI:
     "The FastAPI model service for `model`, with its own Prometheus registry."
-    cfg = cfg or Config()
-    s = cfg.serving
-    ds = load_dataset(cfg)
-    if reference is None: reference = split_dataset(ds, cfg.data.splits, seed=cfg.seed).train.X
-    lo, hi = float(reference.min()), float(reference.max())
-    image_shape = tuple(ds.image_shape[1:]) if ds.image_shape else (reference.shape[1],)
-    metrics = ServiceMetrics(ds.class_names)
+    s = (cfg or Config()).serving
+    profile = model.profile
+    lo, hi = profile.value_range
+    class_names, n_features = profile.class_names, profile.n_features
+    image_shape = tuple(profile.image_shape[1:]) if profile.image_shape else (n_features,)
+    metrics = ServiceMetrics(class_names)
     metrics.info.info({"name": model.name, "version": model.version, "uri": model.uri})
-    class_counters = [metrics.classes.labels(predicted_class=c) for c in ds.class_names]
-    drift = PixelDrift(reference, window=s.drift_window, lo=lo, hi=hi)
-    predictions = collections.OrderedDict()      # prediction id -> (predicted class, feedback given?)
+    class_counters = [metrics.classes.labels(predicted_class=c) for c in class_names]
+    drift = PixelDrift(profile, window=s.drift_window)
+    predictions = collections.OrderedDict()  # prediction id -> (predicted class, feedback given?)
     outcomes = collections.deque(maxlen=s.accuracy_window)
 
-    model = model.optimized(reference[:64]) if optimize else model
-    app = FastAPI(title="mlops_day28 model service", version=model.version,
-                  description=f"Serves {model.name} v{model.version} ({model.uri}).")
+    model = model.optimized() if optimize else model
+    app = FastAPI(
+        title="mlops_day28 model service",
+        version=model.version,
+        description=f"Serves {model.name} v{model.version} ({model.uri}).",
+    )
     from prometheus_fastapi_instrumentator import metrics as http_metrics
-    (Instrumentator(excluded_handlers=["/metrics"], registry=metrics.registry)  # requests and their duration: enough for
-     .add(http_metrics.requests(registry=metrics.registry))                  # rates, errors and HTTP latency, at a
-     .add(http_metrics.latency(registry=metrics.registry, buckets=LATENCY_BUCKETS))  # fraction of the default set's cost
-     .instrument(app))
+
+    # requests and their duration: enough for rates, errors and HTTP latency, at a fraction of the default set's cost
+    (
+        Instrumentator(excluded_handlers=["/metrics"], registry=metrics.registry)
+        .add(http_metrics.requests(registry=metrics.registry))
+        .add(http_metrics.latency(registry=metrics.registry, buckets=LATENCY_BUCKETS))
+        .instrument(app)
+    )
     app.state.metrics, app.state.model = metrics, model
 
     def refuse(e: BadRequest) -> JSONResponse:
@@ -235,21 +103,25 @@ def create_app(model: ServedModel,        # what to serve
 
     @app.post("/predict")
     async def predict(request: Request):
-        "Classify one image ({\"image\": [...]}) or a batch ({\"images\": [[...], ...]})."
-        try: X, single = parse_images(await request.body(), reference.shape[1], image_shape, lo, hi, s.max_batch)
-        except BadRequest as e: return refuse(e)
+        'Classify one image ({"image": [...]}) or a batch ({"images": [[...], ...]}).'
+        try:
+            X, _ = parse_images(await request.body(), n_features, image_shape, lo, hi, s.max_batch)
+        except BadRequest as e:
+            return refuse(e)
         start = time.perf_counter()
         probs = model.predict_proba(X)
         metrics.latency.observe(time.perf_counter() - start)
         classes = probs.argmax(1).tolist()
         out = []
-        for c, p in zip(classes, np.round(probs, 6).tolist()):
+        for c, p in zip(classes, np.round(probs, 6).tolist(), strict=True):
             pid = uuid.uuid4().hex
             predictions[pid] = [c, False]
-            out.append({"prediction_id": pid, "predicted_class": c, "label": ds.class_names[c], "probabilities": p})
+            out.append({"prediction_id": pid, "predicted_class": c, "label": class_names[c], "probabilities": p})
         for c, n in enumerate(np.bincount(classes, minlength=len(class_counters))):
-            if n: class_counters[c].inc(int(n))
-        while len(predictions) > s.keep_predictions: predictions.popitem(last=False)
+            if n:
+                class_counters[c].inc(int(n))
+        while len(predictions) > s.keep_predictions:
+            predictions.popitem(last=False)
         metrics.predictions.inc(len(X))
         drift.update(X)
         metrics.drift.set(drift.psi())
@@ -258,36 +130,57 @@ def create_app(model: ServedModel,        # what to serve
 
     @app.post("/feedback")
     async def feedback(request: Request):
-        "Record the true label of an earlier prediction: {\"prediction_id\": ..., \"label\": ...}."
+        'Record the true label of an earlier prediction: {"prediction_id": ..., "label": ...}.'
         try:
-            try: data = json.loads(await request.body())
+            try:
+                data = json.loads(await request.body())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
             if not isinstance(data, dict) or set(data) != {"prediction_id", "label"}:
-                raise BadRequest(422, "bad_field", "send {\"prediction_id\": \"...\", \"label\": <class index>}")
+                raise BadRequest(422, "bad_field", 'send {"prediction_id": "...", "label": <class index>}')
             pid, label = data["prediction_id"], data["label"]
-            if not isinstance(pid, str): raise BadRequest(422, "type", "prediction_id must be a string")
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(ds.class_names):
-                raise BadRequest(422, "type", f"label must be a class index from 0 to {len(ds.class_names) - 1}, got {label!r}")
+            if not isinstance(pid, str):
+                raise BadRequest(422, "type", "prediction_id must be a string")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(class_names):
+                raise BadRequest(
+                    422, "type", f"label must be a class index from 0 to {len(class_names) - 1}, got {label!r}"
+                )
             if pid not in predictions:
-                raise BadRequest(404, "unknown_prediction_id", f"unknown prediction_id {pid!r}: ids of the last "
-                                                               f"{s.keep_predictions} predictions are kept")
-            if predictions[pid][1]: raise BadRequest(409, "duplicate_feedback", f"feedback for {pid!r} was already recorded")
-        except BadRequest as e: return refuse(e)
+                raise BadRequest(
+                    404,
+                    "unknown_prediction_id",
+                    f"unknown prediction_id {pid!r}: ids of the last {s.keep_predictions} predictions are kept",
+                )
+            if predictions[pid][1]:
+                raise BadRequest(409, "duplicate_feedback", f"feedback for {pid!r} was already recorded")
+        except BadRequest as e:
+            return refuse(e)
         predictions[pid][1] = True
         correct = predictions[pid][0] == label
         outcomes.append(correct)
         metrics.feedback.labels(correct=str(correct).lower()).inc()
         metrics.accuracy.set(sum(outcomes) / len(outcomes))
         metrics.window.set(len(outcomes))
-        return {"prediction_id": pid, "correct": correct, "rolling_accuracy": sum(outcomes) / len(outcomes),
-                "window": len(outcomes)}
+        return {
+            "prediction_id": pid,
+            "correct": correct,
+            "rolling_accuracy": sum(outcomes) / len(outcomes),
+            "window": len(outcomes),
+        }
 
     @app.get("/health")
     async def health():
         "Whether a model is loaded, and which."
-        return {"status": "ok", "model_loaded": True, "model_name": model.name, "model_version": model.version,
-                "model_uri": model.uri}
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "model_name": model.name,
+            "model_version": model.version,
+            "model_uri": model.uri,
+            "inference": model.inference,  # torchscript, or eager (then `inference_note` says why)
+            "inference_note": model.note,
+            "data_check": model.data_check,
+        }
 
     @app.get("/metrics")
     async def metrics_endpoint():
@@ -296,240 +189,22 @@ def create_app(model: ServedModel,        # what to serve
 
     return app
 
-# %% ../nbs/06_monitoring.ipynb #4d6ab95d
-def promtool() -> str | None:
-    "The path of `promtool`, if Prometheus is installed."
-    return shutil.which("promtool")
 
 # %% ../nbs/06_monitoring.ipynb #72beb6e8
-def main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-serve [--config PATH] [--model URI] [--host H] [--port P]`."
+def serve_model(
+    uri: str,  # the model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
+    cfg: Config,  # serving settings
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> None:
+    "Load the model at `uri` and serve it with uvicorn until stopped: what `mlops-serve` runs."
     import uvicorn
-    from mlops_day28.evaluate import ModelLoadError
-    from mlops_day28.server import TrackingServerError, setup_mlflow
-    parser = argparse.ArgumentParser(prog="mlops-serve", description="Serve the champion model with Prometheus metrics.")
-    parser.add_argument("--config", type=Path, default=None, help="default: configs/config.yaml")
-    parser.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder (default: serving.model_uri, else @champion)")
-    parser.add_argument("--host", help="default: serving.host (127.0.0.1)")
-    parser.add_argument("--port", type=int, help="default: serving.port (8000)")
-    args = parser.parse_args(argv)
-    try: cfg = load_config(args.config or find_project_root()/"configs"/"config.yaml")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    uri = args.model or cfg.serving.model_uri or f"models:/{cfg.registry.model_name}@champion"
+
     torch.set_num_threads(cfg.serving.torch_threads)  # this process serves: its own setting, nobody else's
-    try:
-        if uri.startswith(("models:/", "runs:/")): setup_mlflow(root=find_project_root(cfg.source))
-        model = load_served_model(uri)
-    except TrackingServerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    host, port = args.host or cfg.serving.host, args.port or cfg.serving.port
-    print(f"serving {model.name} v{model.version} on http://{host}:{port} (docs: /docs, metrics: /metrics)", flush=True)
-    uvicorn.run(create_app(model, cfg), host=host, port=port, log_level="warning", access_log=False)
-    return 0
-
-# %% ../nbs/06_monitoring.ipynb #9d8129f6
-@dataclass
-class Process:
-    "A background process this notebook (or a test) started, stopped by its process id."
-    name: str
-    popen: subprocess.Popen
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        "Stop it (SIGTERM, then SIGKILL after 10 s)."
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try: self.popen.wait(10)
-            except subprocess.TimeoutExpired: self.popen.kill(); self.popen.wait()
-
-def _wait_until(url: str, proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200: return
-        except OSError: pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s; see {log}")
-
-def start_service(config: str | Path, port: int, model_uri: str | None = None, timeout: float = 120) -> Process:
-    "Run `mlops-serve` on 127.0.0.1:`port` in the background and wait for /health."
-    log = Path(tempfile.mkdtemp(prefix="mlops-serve-"))/"serve.log"
-    cmd = [str(Path(sys.executable).parent/"mlops-serve"), "--config", str(config), "--port", str(port)]
-    if model_uri: cmd += ["--model", model_uri]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    _wait_until(f"{url}/health", proc, "mlops-serve", log, timeout)
-    return Process("mlops-serve", proc, url, log)
-
-def start_prometheus(targets: list[str],                 # host:port of each service to scrape
-                     rule_files: list[str | Path] = (),  # alert rule files
-                     port: int | None = None, interval: str = "1s", timeout: float = 60) -> Process | None:
-    "Run a Prometheus server on 127.0.0.1 scraping `targets`, with a throwaway data folder; None if not installed."
-    binary = shutil.which("prometheus")
-    if binary is None: return None
-    from mlops_day28.server import free_port
-    port = port or free_port()
-    work = Path(tempfile.mkdtemp(prefix="prometheus-"))
-    config = {"global": {"scrape_interval": interval, "evaluation_interval": interval},
-              "rule_files": [str(Path(f).resolve()) for f in rule_files],
-              "scrape_configs": [{"job_name": "model-service", "static_configs": [{"targets": list(targets)}]}]}
-    (work/"prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    log = work/"prometheus.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([binary, f"--config.file={work/'prometheus.yml'}", f"--storage.tsdb.path={work/'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    _wait_until(f"{url}/-/ready", proc, "prometheus", log, timeout)
-    server = Process("prometheus", proc, url, log)
-    deadline = time.monotonic() + timeout  # ready is not scraping yet: target discovery runs every 5 s
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=5) as r: active = json.loads(r.read())["data"]["activeTargets"]
-        if len(active) == len(targets) and all(t["health"] == "up" for t in active): return server
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"Prometheus did not scrape {targets} within {timeout:.0f} s: {active}")
-
-# %% ../nbs/06_monitoring.ipynb #ed620817
-def scrape(url: str) -> dict[str, float]:
-    "One reading of a /metrics endpoint: `name{labels}` -> value."
-    from prometheus_client.parser import text_string_to_metric_families
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r: text = r.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
-
-def send_traffic(url: str, X: np.ndarray, y: np.ndarray, seconds: float, batch: int = 8, rate: float = 20.0,
-                 phase: str = "", samples: list | None = None, alerts: Callable | None = None) -> int:
-    "Send batches from (X, y) for `seconds`, with feedback one request late; record /metrics readings in `samples`."
-    rng = np.random.default_rng(len(samples or []))
-    sent, last, pending = 0, 0.0, None
-    with httpx.Client(base_url=url, timeout=10) as client:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            tick = time.monotonic()
-            idx = rng.choice(len(X), batch, replace=False)
-            r = client.post("/predict", json={"images": X[idx].tolist()})
-            r.raise_for_status()
-            if pending:  # the labels of the previous request arrive now
-                for p, label in pending: client.post("/feedback", json={"prediction_id": p, "label": label})
-            pending = [(p["prediction_id"], int(label)) for p, label in zip(r.json()["predictions"], y[idx])]
-            sent += 1
-            if samples is not None and tick - last >= 0.5:
-                samples.append({"time": time.time(), "phase": phase, **scrape(url), **(alerts() if alerts else {})})
-                last = tick
-            time.sleep(max(0.0, 1 / rate - (time.monotonic() - tick)))
-    return sent
-
-# %% ../nbs/06_monitoring.ipynb #3f20ecd0
-def prometheus_get(url: str, path: str, **params) -> dict:
-    "GET Prometheus' HTTP API; the `data` of the answer."
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}{path}?{query}", timeout=10) as r: answer = json.loads(r.read())
-    if answer.get("status") != "success": raise RuntimeError(f"Prometheus: {answer}")
-    return answer["data"]
-
-def alert_state(prometheus_url: str, alertname: str) -> str:
-    "inactive, pending or firing: the state of `alertname` in Prometheus now."
-    states = [a["state"] for a in prometheus_get(prometheus_url, "/api/v1/alerts")["alerts"] if a["labels"].get("alertname") == alertname]
-    return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
-
-# %% ../nbs/06_monitoring.ipynb #74715546
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
-    "Prometheus' estimate of quantile `q` from cumulative bucket counts {upper bound: count}."
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0: return float("nan")
-    rank, prev_bound, prev_count = q * total, 0.0, 0.0
-    for b in bounds:
-        if buckets[b] >= rank:
-            if b == float("inf"): return prev_bound
-            return prev_bound + (b - prev_bound) * (rank - prev_count) / max(buckets[b] - prev_count, 1e-12)
-        prev_bound, prev_count = b, buckets[b]
-    return bounds[-2] if len(bounds) > 1 else float("nan")
-
-def _buckets(sample: dict, name: str) -> dict[float, float]:
-    prefix = f'{name}_bucket{{le="'
-    return {float(k[len(prefix):-2]): v for k, v in sample.items() if k.startswith(prefix)}
-
-def dashboard_series(samples: list[dict]) -> dict[str, np.ndarray]:
-    "Time series for the dashboard from successive /metrics readings (what Prometheus would compute)."
-    t = np.array([s["time"] for s in samples])
-    dt = np.diff(t)
-    counter = lambda key: np.array([s.get(key, 0.0) for s in samples])
-    reqs = counter('http_requests_total{handler="/predict",method="POST",status="2xx"}')
-    p50, p95 = [], []
-    for a, b in zip(samples, samples[1:]):
-        ba, bb = _buckets(a, "model_prediction_latency_seconds"), _buckets(b, "model_prediction_latency_seconds")
-        delta = {k: bb[k] - ba.get(k, 0.0) for k in bb}
-        p50.append(histogram_quantile(0.5, delta)); p95.append(histogram_quantile(0.95, delta))
-    return {"t": t[1:] - t[0], "request_rate": np.diff(reqs) / dt, "latency_p50": np.array(p50), "latency_p95": np.array(p95),
-            "accuracy": counter("model_accuracy")[1:], "drift": counter("model_input_drift_psi")[1:]}
-
-# %% ../nbs/06_monitoring.ipynb #8ca68687
-def prometheus_series(url: str, start: float, end: float, step: float = 1.0) -> dict[str, np.ndarray]:
-    "The dashboard's time series from Prometheus range queries."
-    queries = {"request_rate": 'sum(rate(http_requests_total{handler="/predict"}[5s]))',
-               "latency_p50": 'histogram_quantile(0.5, sum by (le) (rate(model_prediction_latency_seconds_bucket[5s])))',
-               "latency_p95": 'histogram_quantile(0.95, sum by (le) (rate(model_prediction_latency_seconds_bucket[5s])))',
-               "accuracy": "model_accuracy", "drift": "model_input_drift_psi"}
-    start, end = int(start), int(np.ceil(end))  # whole seconds: the answer's timestamps are then exact
-    out, grid = {}, np.arange(start, end + 1, step)
-    for key, expr in queries.items():
-        result = prometheus_get(url, "/api/v1/query_range", query=expr, start=start, end=end, step=step)["result"]
-        values = {round(float(t), 3): float(v) for t, v in result[0]["values"]} if result else {}
-        out[key] = np.array([values.get(round(float(g), 3), np.nan) for g in grid])
-    out["t"] = grid - start
-    return out
-
-def plot_dashboard(series: dict[str, np.ndarray], classes: dict[str, float], drift_start: float | None = None,
-                   source: str = ""):
-    "Request rate, latency p50/p95, class distribution, rolling accuracy and drift, as one figure."
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(13, 6.5), layout="constrained")
-    axes = fig.subplots(2, 3)
-    t = series["t"]
-    panels = [(axes[0, 0], "requests/s", [("request_rate", "/predict")]),
-              (axes[0, 1], "latency in the model (ms)", [("latency_p50", "p50"), ("latency_p95", "p95")]),
-              (axes[1, 0], "rolling accuracy", [("accuracy", "accuracy")]),
-              (axes[1, 1], "input drift (PSI)", [("drift", "PSI")])]
-    for ax, title, lines in panels:
-        for key, label in lines:
-            v = series[key] * (1000 if key.startswith("latency") else 1)
-            ax.plot(t, v, label=label)
-        ax.set_title(title); ax.set_xlabel("seconds"); ax.grid(alpha=0.3)
-        if drift_start is not None: ax.axvspan(drift_start, t[-1] if len(t) else drift_start, color="orange", alpha=0.12)
-        if len(lines) > 1: ax.legend()
-    axes[1, 1].axhline(0.2, color="red", ls="--", lw=1, label="alert threshold"); axes[1, 1].legend()
-    axes[1, 0].axhline(0.9, color="red", ls="--", lw=1)
-    names = sorted(classes, key=lambda c: int(c) if c.isdigit() else c)
-    axes[0, 2].bar(names, [classes[c] for c in names]); axes[0, 2].set_title("predicted classes (all requests)")
-    axes[1, 2].axis("off")
-    axes[1, 2].text(0, 0.5, f"source: {source}\nshaded: drifted traffic", fontsize=10, va="center")
-    return fig
-
-# %% ../nbs/06_monitoring.ipynb #88d669f0
-def emulate_alert(times: np.ndarray, values: np.ndarray, threshold: float, for_seconds: float) -> list[str]:
-    "The state a `value > threshold` rule with `for: for_seconds` would have at each time."
-    states, since = [], None
-    for t, v in zip(times, values):
-        if v > threshold:
-            since = t if since is None else since
-            states.append("firing" if t - since >= for_seconds else "pending")
-        else: since = None; states.append("inactive")
-    return states
+    app = create_app(load_served_model(uri, cfg), cfg)
+    model = app.state.model
+    print(
+        f"serving {model.name} v{model.version} ({model.inference}) on http://{host}:{port} (docs: /docs, metrics: /metrics)",
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

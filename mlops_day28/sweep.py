@@ -5,160 +5,79 @@
 # %% ../nbs/04_sweep.ipynb #14c6c455
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
-import itertools
 import json
 import multiprocessing
-import os
 import sys
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
-import numpy as np
-import optuna
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag
 from tqdm.auto import tqdm
 
-from .config import Config, config_from_dict, flatten_config
-from .tracking import MLflowEpochLogger, git_tags
-from .training import prepare_training
+from .config import Config, flatten_config
+from .errors import InputError
+from .plots import plot_heatmaps, plot_parallel_coordinates
+from .tracking import git_tags
+from .trials import TrialResult, grid_points, run_trial, trial_key
 
 # %% auto #0
-__all__ = ['SHORT_NAMES', 'trial_run_name', 'trial_key', 'grid_points', 'with_values', 'TrialResult', 'run_trial', 'SweepError',
-           'find_sweep', 'sweep_children', 'start_sweep', 'results_table', 'mark_best', 'plot_heatmaps',
-           'plot_parallel_coordinates', 'run_trials', 'SweepResult', 'finish_sweep', 'run_grid_sweep', 'storage_url',
-           'suggest_values', 'tpe_worker', 'run_tpe_sweep', 'main']
+__all__ = [
+    "SweepError",
+    "find_sweep",
+    "sweep_children",
+    "start_sweep",
+    "results_table",
+    "mark_best",
+    "mp_context",
+    "run_trials",
+    "SweepResult",
+    "finish_sweep",
+    "run_grid_sweep",
+]
 
-# %% ../nbs/04_sweep.ipynb #83a3925b
-SHORT_NAMES = {"training.learning_rate": "lr", "training.batch_size": "bs", "model.dropout": "do",
-               "training.num_epochs": "ep", "model.hidden_size": "hs", "training.weight_decay": "wd"}
-
-def trial_run_name(values: dict[str, Any]) -> str:
-    "A run name like `lr0.001_bs32_do0.5` for the trial's values."
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-    return "_".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])}{fmt(v)}" for k, v in values.items())
-
-def trial_key(values: dict[str, Any]) -> str:
-    "A stable identity for the trial's values (what a resumed sweep compares)."
-    return json.dumps(values, sort_keys=True)
-
-def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
-    "Every combination of the grid's values, in a fixed order."
-    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-
-def with_values(cfg: Config, values: dict[str, Any]) -> Config:
-    "A copy of `cfg` with each dotted key in `values` set, validated again."
-    data = cfg.model_dump()
-    for key, value in values.items():
-        *path, last = key.split(".")
-        node = data
-        for part in path: node = node[part]
-        node[last] = value
-    return config_from_dict(data, source=cfg.source)
-
-# %% ../nbs/04_sweep.ipynb #87a9229f
-@dataclass
-class TrialResult:
-    "The outcome of one trial."
-    values: dict[str, Any]
-    run_id: str
-    state: str                       # complete | failed | pruned
-    final_val_accuracy: float | None = None
-    final_val_loss: float | None = None
-    error: str | None = None
-
-def run_trial(cfg_data: dict,               # the base config, as a dict (it travels to worker processes)
-              source: str | None,           # the config file (resolves relative paths)
-              values: dict[str, Any],       # this trial's config values
-              parent_run_id: str, experiment_id: str,
-              tags: dict[str, str] | None = None, # more tags for the child run
-              report: Callable | None = None,     # per-epoch callback (Optuna's pruning)
-              on_start: Callable[[str], None] | None = None, # called with the child's run id once it exists
-             ) -> TrialResult:
-    "Train one trial as a child run of `parent_run_id`; FAILED (with the error) instead of raising."
-    with _no_run_links():
-        return _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start)
-
-@contextlib.contextmanager
-def _no_run_links():
-    "MLflow prints a link for every run that ends; a sweep would print two lines per trial."
-    key, old = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
-    os.environ[key] = "true"
-    try: yield
-    finally:
-        if old is None: os.environ.pop(key, None)
-        else: os.environ[key] = old
-
-def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start) -> TrialResult:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=(tags or {}).pop("run_name", None) or trial_run_name(values),
-                            tags={"mlflow.parentRunId": parent_run_id, "sweep.trial_key": trial_key(values), **(tags or {})})
-    rid = run.info.run_id
-    try:
-        if on_start: on_start(rid)
-        cfg = with_values(config_from_dict(cfg_data, source), values)
-        client.log_batch(rid, params=[Param(k, str(v)) for k, v in flatten_config(cfg).items() if not k.startswith("sweep.")])
-        job = prepare_training(cfg)
-        with MLflowEpochLogger(run_id=rid) as logger:
-            hist = job.fit(callbacks=[logger, *([report] if report else [])], progress=False)
-        best, now = hist.best, int(time.time() * 1000)
-        client.log_batch(rid, metrics=[Metric("final_val_accuracy", best["val_accuracy"], now, 0),
-                                       Metric("final_val_loss", best["val_loss"], now, 0),
-                                       Metric("best_epoch", hist.best_epoch, now, 0)],
-                         tags=[RunTag("sweep.state", "complete")])
-        client.set_terminated(rid, "FINISHED")
-        return TrialResult(values, rid, "complete", best["val_accuracy"], best["val_loss"])
-    except optuna.TrialPruned:
-        client.set_tag(rid, "sweep.state", "pruned")
-        client.set_terminated(rid, "FINISHED")
-        raise
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-        client.set_tag(rid, "sweep.state", "failed")
-        client.set_tag(rid, "error", error[:5000])
-        client.set_terminated(rid, "FAILED")
-        return TrialResult(values, rid, "failed", error=error)
-    except BaseException:  # Ctrl-C, or the worker being stopped
-        client.set_terminated(rid, "KILLED")
-        raise
-    finally:
-        torch.set_num_threads(threads)
 
 # %% ../nbs/04_sweep.ipynb #be607471
-class SweepError(RuntimeError):
-    "A sweep that cannot start or resume; the message says what to do."
+class SweepError(InputError):
+    "A sweep that cannot start or resume as asked (exit code 2); the message says what to do."
+
 
 def _config_digest(cfg: Config) -> str:
     "What must not change between a sweep and its resumption (not the number of workers)."
     flat = {k: v for k, v in flatten_config(cfg).items() if k not in ("sweep.n_jobs", "sweep.storage")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
 def find_sweep(name: str, experiment_name: str) -> str | None:
     "The run id of the sweep `name`'s parent run in `experiment_name`, if it exists."
     exp = mlflow.get_experiment_by_name(experiment_name)
-    if exp is None: return None
-    runs = MlflowClient().search_runs([exp.experiment_id], f"tags.`sweep.name` = '{name}' AND tags.`sweep.role` = 'parent'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp.experiment_id],
+        f"tags.`sweep.name` = '{name}' AND tags.`sweep.role` = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
+
 
 def sweep_children(parent_run_id: str) -> list:
     "The child runs (trials) of a sweep, oldest first."
     parent = MlflowClient().get_run(parent_run_id)
-    return list(reversed(MlflowClient().search_runs([parent.info.experiment_id],
-                                                    f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)))
+    return list(
+        reversed(
+            MlflowClient().search_runs(
+                [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+            )
+        )
+    )
+
 
 def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
     "Create the sweep's parent run, or reopen it to resume; returns (parent run id, experiment id, resumed)."
@@ -169,19 +88,38 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
     if parent_id:
         tags = client.get_run(parent_id).data.tags
         if tags.get("sweep.strategy") != strategy or tags.get("sweep.config_digest") != digest:
-            raise SweepError(f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
-                             f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
-                             f"results: set another sweep.name (e.g. --set sweep.name={name}_2)")
+            raise SweepError(
+                f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
+                f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
+                f"results: set another sweep.name (e.g. --set sweep.name={name}_2)"
+            )
         client.update_run(parent_id, status="RUNNING")
         for child in sweep_children(parent_id):
-            if child.info.status == "RUNNING": client.set_terminated(child.info.run_id, "KILLED")  # left by a crash
+            if child.info.status == "RUNNING":
+                client.set_terminated(child.info.run_id, "KILLED")  # left by a crash
         return parent_id, exp_id, True
-    run = client.create_run(exp_id, run_name=name, tags={**git_tags(cfg.root), "sweep.name": name, "sweep.role": "parent",
-                                                         "sweep.strategy": strategy, "sweep.config_digest": digest})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flatten_config(cfg).items()
-                                              if not k.startswith("sweep.grid") and k != "sweep.n_jobs"])
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={
+            **git_tags(cfg.root),
+            "sweep.name": name,
+            "sweep.role": "parent",
+            "sweep.strategy": strategy,
+            "sweep.config_digest": digest,
+        },
+    )
+    client.log_batch(
+        run.info.run_id,
+        params=[
+            Param(k, str(v))
+            for k, v in flatten_config(cfg).items()
+            if not k.startswith("sweep.grid") and k != "sweep.n_jobs"
+        ],
+    )
     client.log_dict(run.info.run_id, cfg.sweep.grid, "sweep_grid.json")
     return run.info.run_id, exp_id, False
+
 
 # %% ../nbs/04_sweep.ipynb #d2430210
 def results_table(parent_run_id: str) -> pd.DataFrame:
@@ -189,104 +127,82 @@ def results_table(parent_run_id: str) -> pd.DataFrame:
     rows = []
     for c in sweep_children(parent_run_id):
         values = json.loads(c.data.tags.get("sweep.trial_key", "{}"))
-        rows.append({"run_name": c.info.run_name, **values, "state": c.data.tags.get("sweep.state", c.info.status.lower()),
-                     "final_val_accuracy": c.data.metrics.get("final_val_accuracy"),
-                     "final_val_loss": c.data.metrics.get("final_val_loss"),
-                     "is_best": c.data.tags.get("is_best") == "true", "run_id": c.info.run_id,
-                     "status": c.info.status})
+        rows.append(
+            {
+                "run_name": c.info.run_name,
+                **values,
+                "state": c.data.tags.get("sweep.state", c.info.status.lower()),
+                "final_val_accuracy": c.data.metrics.get("final_val_accuracy"),
+                "final_val_loss": c.data.metrics.get("final_val_loss"),
+                "is_best": c.data.tags.get("is_best") == "true",
+                "run_id": c.info.run_id,
+                "status": c.info.status,
+            }
+        )
     df = pd.DataFrame(rows)
-    if df.empty: return df
-    return df.sort_values(["final_val_accuracy", "final_val_loss"], ascending=[False, True], na_position="last",
-                          kind="stable").reset_index(drop=True)
+    if df.empty:
+        return df
+    return df.sort_values(
+        ["final_val_accuracy", "final_val_loss"], ascending=[False, True], na_position="last", kind="stable"
+    ).reset_index(drop=True)
+
 
 def mark_best(parent_run_id: str) -> pd.Series | None:
     "Tag exactly one complete child `is_best` and record its params and score on the parent."
     client, table = MlflowClient(), results_table(parent_run_id)
     complete = table[(table.state == "complete") & (table.status == "FINISHED")] if len(table) else table
-    if complete.empty: return None
+    if complete.empty:
+        return None
     best = complete.iloc[0]
     for _, row in table[table.is_best & (table.run_id != best.run_id)].iterrows():
         client.delete_tag(row.run_id, "is_best")
     client.set_tag(best.run_id, "is_best", "true")
     values = json.loads(client.get_run(best.run_id).data.tags["sweep.trial_key"])
-    client.log_batch(parent_run_id, metrics=[Metric("best_final_val_accuracy", float(best.final_val_accuracy), int(time.time() * 1000), 0)],
-                     tags=[RunTag(f"best.{k}", str(v)) for k, v in values.items()]
-                          + [RunTag("best_run_id", best.run_id), RunTag("best_run_name", best.run_name)])
-    client.log_dict(parent_run_id, {"params": values, "final_val_accuracy": float(best.final_val_accuracy),
-                                    "run_id": best.run_id}, "best_params.json")
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric("best_final_val_accuracy", float(best.final_val_accuracy), int(time.time() * 1000), 0)],
+        tags=[RunTag(f"best.{k}", str(v)) for k, v in values.items()]
+        + [RunTag("best_run_id", best.run_id), RunTag("best_run_name", best.run_name)],
+    )
+    client.log_dict(
+        parent_run_id,
+        {"params": values, "final_val_accuracy": float(best.final_val_accuracy), "run_id": best.run_id},
+        "best_params.json",
+    )
     return best
 
-# %% ../nbs/04_sweep.ipynb #3af161eb
-def plot_heatmaps(table: pd.DataFrame, keys: list[str], metric: str = "final_val_accuracy") -> Figure:
-    "`metric` over the first two `keys`, one panel per value of the third (mean over any others)."
-    done = table[table.state == "complete"]
-    row_key, col_key = keys[0], keys[1] if len(keys) > 1 else keys[0]
-    panels = sorted(done[keys[2]].unique()) if len(keys) > 2 else [None]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    vmin, vmax = done[metric].min(), done[metric].max()
-    for ax, value in zip(axes, panels):
-        part = done if value is None else done[done[keys[2]] == value]
-        grid = part.pivot_table(index=row_key, columns=col_key, values=metric, aggfunc="mean")
-        im = ax.imshow(grid.values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(grid.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [f"{r:g}" if isinstance(r, float) else str(r) for r in grid.index])
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                if not np.isnan(grid.values[i, j]):
-                    ax.text(j, i, f"{grid.values[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                            color="white" if grid.values[i, j] < (vmin + vmax) / 2 else "black")
-        ax.set_xlabel(col_key); ax.set_ylabel(row_key)
-        if value is not None: ax.set_title(f"{keys[2]} = {value:g}" if isinstance(value, float) else f"{keys[2]} = {value}")
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label=metric)
-    return fig
-
-def plot_parallel_coordinates(table: pd.DataFrame, keys: list[str], metric: str = "final_val_accuracy") -> Figure:
-    "One line per complete trial across its (log-scaled where fitting) values and score, coloured by score."
-    import matplotlib as mpl
-    done = table[table.state == "complete"].sort_values(metric)
-    cols = [*keys, metric]
-    scaled = []
-    for c in cols:
-        v = done[c].astype(float).to_numpy()
-        if c != metric and v.min() > 0 and v.max() / v.min() >= 100: v = np.log10(v)
-        span = v.max() - v.min()
-        scaled.append((v - v.min()) / span if span else np.full_like(v, 0.5))
-    scaled = np.stack(scaled, 1)
-    fig = Figure(figsize=(8, 3.8), layout="constrained")
-    ax = fig.subplots()
-    norm = mpl.colors.Normalize(done[metric].min(), done[metric].max())
-    cmap = mpl.colormaps["viridis"]
-    for row, score in zip(scaled, done[metric]): ax.plot(range(len(cols)), row, color=cmap(norm(score)), alpha=0.8)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks([])
-    ax.set_ylim(-0.14, 1.12)  # room for each axis's range, printed at its ends
-    for i, c in enumerate(cols):
-        ax.axvline(i, color="grey", lw=0.5)
-        lo, hi = done[c].min(), done[c].max()
-        ax.text(i, -0.06, f"{lo:.3g}", ha="center", va="top", fontsize=8)
-        ax.text(i, 1.04, f"{hi:.3g}", ha="center", va="bottom", fontsize=8)
-    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
-    return fig
 
 # %% ../nbs/04_sweep.ipynb #fa079be0
-def _mp_context():
+def mp_context():
+    "Fork on Linux (workers start at once); spawn elsewhere."
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
-def run_trials(cfg: Config, points: list[dict], parent_run_id: str, experiment_id: str, tags: dict[str, str],
-               n_jobs: int = 1, progress: bool = True) -> list[TrialResult]:
+
+def run_trials(
+    cfg: Config,
+    points: list[dict],
+    parent_run_id: str,
+    experiment_id: str,
+    tags: dict[str, str],
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> list[TrialResult]:
     "Run `points` as child runs, in this process (`n_jobs=1`) or in `n_jobs` worker processes."
     args = (cfg.model_dump(), str(cfg.source) if cfg.source else None)
-    bar = tqdm(total=len(points), desc=f"trials ({n_jobs} worker{'s' if n_jobs > 1 else ''})", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(points),
+        desc=f"trials ({n_jobs} worker{'s' if n_jobs > 1 else ''})",
+        disable=not progress,
+        leave=False,
+    )
     results = []
     if n_jobs == 1 or len(points) <= 1:
         for p in points:
             results.append(run_trial(*args, p, parent_run_id, experiment_id, dict(tags)))
             bar.update()
     else:
-        trial = importlib.import_module("mlops_day28.sweep").run_trial
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_mp_context()) as pool:
-            futures = [pool.submit(trial, *args, p, parent_run_id, experiment_id, dict(tags)) for p in points]
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp_context()) as pool:
+            futures = [pool.submit(run_trial, *args, p, parent_run_id, experiment_id, dict(tags)) for p in points]
             for f in as_completed(futures):
                 results.append(f.result())
                 bar.update()
@@ -294,24 +210,29 @@ def run_trials(cfg: Config, points: list[dict], parent_run_id: str, experiment_i
     order = {trial_key(p): i for i, p in enumerate(points)}
     return sorted(results, key=lambda r: order[trial_key(r.values)])
 
+
 # %% ../nbs/04_sweep.ipynb #e1cd7ff0
 @dataclass
 class SweepResult:
     "What a sweep did and found."
+
     parent_run_id: str
     strategy: str
-    best: dict[str, Any] | None      # the best trial's values
-    best_score: float | None         # its final_val_accuracy
+    best: dict[str, Any] | None  # the best trial's values
+    best_score: float | None  # its final_val_accuracy
     best_run_id: str | None
     ran: list[TrialResult] = field(default_factory=list)  # trials run by this call
-    skipped: int = 0                 # trials found finished and not run again
+    skipped: int = 0  # trials found finished and not run again
     resumed: bool = False
 
     @property
-    def failed(self) -> list[TrialResult]: return [r for r in self.ran if r.state == "failed"]
+    def failed(self) -> list[TrialResult]:
+        return [r for r in self.ran if r.state == "failed"]
 
-def finish_sweep(cfg: Config, parent_run_id: str, strategy: str, ran: list[TrialResult], skipped: int,
-                 resumed: bool) -> SweepResult:
+
+def finish_sweep(
+    cfg: Config, parent_run_id: str, strategy: str, ran: list[TrialResult], skipped: int, resumed: bool
+) -> SweepResult:
     "Mark the best trial, log the table and plots on the parent, and end it."
     client = MlflowClient()
     best = mark_best(parent_run_id)
@@ -323,150 +244,44 @@ def finish_sweep(cfg: Config, parent_run_id: str, strategy: str, ran: list[Trial
         client.log_figure(parent_run_id, plot_parallel_coordinates(table, keys), "parallel_coordinates.png")
     client.set_terminated(parent_run_id, "FINISHED")
     values = json.loads(client.get_run(best.run_id).data.tags["sweep.trial_key"]) if best is not None else None
-    return SweepResult(parent_run_id, strategy, values, float(best.final_val_accuracy) if best is not None else None,
-                       best.run_id if best is not None else None, ran, skipped, resumed)
+    return SweepResult(
+        parent_run_id,
+        strategy,
+        values,
+        float(best.final_val_accuracy) if best is not None else None,
+        best.run_id if best is not None else None,
+        ran,
+        skipped,
+        resumed,
+    )
 
-def run_grid_sweep(cfg: Config,
-                   n_jobs: int | None = None,   # worker processes (default: cfg.sweep.n_jobs)
-                   limit: int | None = None,    # run at most this many new trials (the rest on the next call)
-                   progress: bool = True,
-                  ) -> SweepResult:
+
+def run_grid_sweep(
+    cfg: Config,
+    n_jobs: int | None = None,  # worker processes (default: cfg.sweep.n_jobs)
+    limit: int | None = None,  # run at most this many new trials (the rest on the next call)
+    progress: bool = True,
+) -> SweepResult:
     "Run every point of `cfg.sweep.grid` as a child run of one parent; skip points a previous call finished."
     points = grid_points(cfg.sweep.grid)
     parent_id, exp_id, resumed = start_sweep(cfg, "grid")
     try:
-        done = {c.data.tags.get("sweep.trial_key") for c in sweep_children(parent_id)
-                if c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete"}
+        done = {
+            c.data.tags.get("sweep.trial_key")
+            for c in sweep_children(parent_id)
+            if c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete"
+        }
         todo = [p for p in points if trial_key(p) not in done][:limit]
-        ran = run_trials(cfg, todo, parent_id, exp_id, {"sweep.name": cfg.sweep.name, "sweep.strategy": "grid"},
-                         n_jobs or cfg.sweep.n_jobs, progress)
+        ran = run_trials(
+            cfg,
+            todo,
+            parent_id,
+            exp_id,
+            {"sweep.name": cfg.sweep.name, "sweep.strategy": "grid"},
+            n_jobs or cfg.sweep.n_jobs,
+            progress,
+        )
     except BaseException as e:
         MlflowClient().set_terminated(parent_id, "FAILED" if isinstance(e, Exception) else "KILLED")
         raise
     return finish_sweep(cfg, parent_id, "grid", ran, len(points) - len(todo), resumed)
-
-# %% ../nbs/04_sweep.ipynb #b30d303d
-def storage_url(cfg: Config) -> str:
-    "The Optuna storage URL, with a relative sqlite path made absolute in the project root."
-    url = cfg.sweep.storage
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
-        path = cfg.root/url[len(prefix):]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        url = f"{prefix}{path}"
-    return url
-
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    "RDB storage with heartbeats, so trials of a crashed worker are failed and retried rather than left RUNNING."
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
-
-def suggest_values(trial: optuna.Trial, grid: dict[str, list]) -> dict[str, Any]:
-    "Values for one trial within the grid's ranges: floats continuous (log if wide), the rest a choice."
-    values = {}
-    for key, options in grid.items():
-        if len(set(options)) > 1 and all(isinstance(v, float) for v in options):
-            lo, hi = min(options), max(options)
-            values[key] = trial.suggest_float(key, lo, hi, log=lo > 0 and hi / lo >= 100)
-        else: values[key] = trial.suggest_categorical(key, options)
-    return values
-
-class _TrialFailed(Exception): pass
-
-def tpe_worker(cfg_data: dict, source: str | None, study_name: str, storage: str, parent_run_id: str,
-               experiment_id: str, n_trials: int, seed: int) -> None:
-    "One worker: take trials from the shared study until it holds `n_trials` (complete, pruned or running)."
-    from optuna.trial import TrialState
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = config_from_dict(cfg_data, source)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1) if cfg.sweep.pruning
-              else optuna.pruners.NopPruner())
-    study = optuna.load_study(study_name=study_name, storage=_storage(storage),
-                              sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    if len(study.get_trials(deepcopy=False, states=counted)) >= n_trials: return
-
-    def objective(trial: optuna.Trial) -> float:
-        values = suggest_values(trial, cfg.sweep.grid)
-        def report(epoch, metrics):
-            trial.report(metrics["val_accuracy"], epoch)
-            if trial.should_prune(): raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-        result = run_trial(cfg_data, source, values, parent_run_id, experiment_id,
-                           {"sweep.name": cfg.sweep.name, "sweep.strategy": "tpe", "optuna.trial": str(trial.number),
-                            "run_name": f"tpe{trial.number:03d}_{trial_run_name(values)}"}, report=report,
-                           on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
-        if result.state == "failed": raise _TrialFailed(result.error)
-        return result.final_val_accuracy
-
-    study.optimize(objective, n_trials=n_trials, catch=(_TrialFailed,),
-                   callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted)])
-
-def run_tpe_sweep(cfg: Config,
-                  n_trials: int | None = None, # budget (default: sweep.n_trials, else the grid's size)
-                  n_jobs: int | None = None,   # worker processes (default: cfg.sweep.n_jobs)
-                 ) -> SweepResult:
-    "Search the grid's ranges with Optuna TPE (+ median pruning); workers share the study through its storage."
-    n_trials = n_trials or cfg.sweep.n_trials or len(grid_points(cfg.sweep.grid))
-    n_jobs = n_jobs or cfg.sweep.n_jobs
-    parent_id, exp_id, resumed = start_sweep(cfg, "tpe")
-    url, study_name = storage_url(cfg), f"{cfg.experiment_name}/{cfg.sweep.name}"
-    try:
-        study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True)
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
-        before = {t.number for t in study.get_trials(deepcopy=False)}
-        args = (cfg.model_dump(), str(cfg.source) if cfg.source else None, study_name, url, parent_id, exp_id, n_trials)
-        if n_jobs == 1: tpe_worker(*args, cfg.seed)
-        else:
-            worker = importlib.import_module("mlops_day28.sweep").tpe_worker
-            procs = [_mp_context().Process(target=worker, args=(*args, cfg.seed + i)) for i in range(n_jobs)]
-            for p in procs: p.start()
-            for p in procs: p.join()
-            if any(p.exitcode for p in procs): raise SweepError(f"a TPE worker exited with code {[p.exitcode for p in procs]}")
-    except BaseException as e:
-        MlflowClient().set_terminated(parent_id, "FAILED" if isinstance(e, Exception) else "KILLED")
-        raise
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
-    ran = [TrialResult(dict(t.params), t.user_attrs.get("mlflow_run_id", ""), t.state.name.lower().replace("fail", "failed"),
-                       t.value) for t in trials]
-    return finish_sweep(cfg, parent_id, "tpe", ran, len(before), resumed)
-
-# %% ../nbs/04_sweep.ipynb #28b8556c
-def main(argv: list[str] | None = None) -> int:
-    "Console script `mlops-sweep --config PATH [--strategy grid|tpe] [--n-jobs N] [--set key=value ...]`."
-    import argparse
-    from mlops_day28.config import ConfigError, find_project_root, load_config
-    from mlops_day28.server import TrackingServerError, setup_mlflow
-    parser = argparse.ArgumentParser(prog="mlops-sweep", description="Run a tracked hyperparameter sweep from a YAML config.")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--strategy", choices=["grid", "tpe"], help="default: sweep.strategy")
-    parser.add_argument("--n-jobs", type=int, help="worker processes (default: sweep.n_jobs)")
-    parser.add_argument("--n-trials", type=int, help="TPE budget (default: sweep.n_trials, else the grid's size)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    for flag, value in (("--n-jobs", args.n_jobs), ("--n-trials", args.n_trials)):
-        if value is not None and value < 1: parser.error(f"{flag} must be at least 1, got {value}")
-    try:
-        cfg = load_config(args.config, args.overrides + ([f"sweep.strategy={args.strategy}"] if args.strategy else []))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try: setup_mlflow(root=find_project_root(cfg.source))
-    except TrackingServerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    try:
-        result = (run_tpe_sweep(cfg, args.n_trials, args.n_jobs) if cfg.sweep.strategy == "tpe"
-                  else run_grid_sweep(cfg, args.n_jobs, progress=not args.no_progress))
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        print(f"error: the sweep failed ({type(e).__name__}: {e}); finished trials are kept, run the same command to resume",
-              file=sys.stderr)
-        return 1
-    print(f"sweep {cfg.sweep.name!r} ({cfg.sweep.strategy}): {len(result.ran)} trials run, {result.skipped} already done, "
-          f"{len(result.failed)} failed")
-    print(f"best: {json.dumps(result.best)} final_val_accuracy={result.best_score}")
-    return 0

@@ -5,9 +5,7 @@
 # %% ../nbs/01_tracking.ipynb #f334a277
 from __future__ import annotations
 
-import io
 import subprocess
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,7 +13,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import PIL.Image
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -24,30 +21,49 @@ from torch import nn
 
 from .config import Config, find_project_root
 from .data import Dataset
-from .training import (EpochCallback, History, TrainingJob, plot_confusion_matrix,
-                                  plot_training_curves, predict_proba, prepare_training)
+from .drift import InputProfile
+from .plots import plot_confusion_matrix, plot_training_curves
+from .training import EpochCallback, History, TrainingJob, predict_proba, prepare_training
 
 # %% auto #0
-__all__ = ['MLflowEpochLogger', 'git_tags', 'log_dataset', 'model_pip_requirements', 'log_torch_model', 'TrackedRun',
-           'run_params', 'train_and_log', 'run_tracked_training', 'WandbOfflineRun', 'run_wandb_offline']
+__all__ = [
+    "MLflowEpochLogger",
+    "git_tags",
+    "log_dataset",
+    "model_pip_requirements",
+    "log_torch_model",
+    "save_torch_model",
+    "TrackedRun",
+    "run_params",
+    "train_and_log",
+    "run_tracked_training",
+]
+
 
 # %% ../nbs/01_tracking.ipynb #b66b25f5
 class MLflowEpochLogger:
     "Training callback: log each epoch's metrics (`step=epoch`), sending one batch at most every `flush_every` s."
-    def __init__(self, flush_every: float = 1.0, # seconds between calls to the server; 0: one call per epoch
-                 run_id: str | None = None,       # default: the run active when the logger is made
-                 prefix: str = ""):               # prepended to every metric name
+
+    def __init__(
+        self,
+        flush_every: float = 1.0,  # seconds between calls to the server; 0: one call per epoch
+        run_id: str | None = None,  # default: the run active when the logger is made
+        prefix: str = "",
+    ):  # prepended to every metric name
         active = mlflow.active_run()
         self.run_id = run_id or (active.info.run_id if active else None)
         if self.run_id is None:
-            raise RuntimeError("MLflowEpochLogger needs a run: create it inside `with mlflow.start_run():` or pass run_id=")
+            raise RuntimeError(
+                "MLflowEpochLogger needs a run: create it inside `with mlflow.start_run():` or pass run_id="
+            )
         self.flush_every, self.prefix = flush_every, prefix
         self.calls, self._pending, self._last_sent = 0, [], time.monotonic()
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         self._pending += [Metric(f"{self.prefix}{k}", float(v), now, epoch) for k, v in metrics.items()]
-        if time.monotonic() - self._last_sent >= self.flush_every: self.flush()
+        if time.monotonic() - self._last_sent >= self.flush_every:
+            self.flush()
 
     def flush(self) -> None:
         "Send what is pending, in one call."
@@ -56,148 +72,186 @@ class MLflowEpochLogger:
             self.calls, self._pending = self.calls + 1, []
         self._last_sent = time.monotonic()
 
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.flush()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.flush()
+
 
 # %% ../nbs/01_tracking.ipynb #0a0073b3
 def git_tags(path: str | Path | None = None) -> dict[str, str]:
     "MLflow tags for the git commit at `path` and whether the tree is dirty; {} outside git."
+
     def git(*args):
         r = subprocess.run(["git", *args], cwd=path or find_project_root(), capture_output=True, text=True, timeout=10)
         return r.stdout.strip() if r.returncode == 0 else None
-    try: commit = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    except (OSError, subprocess.SubprocessError): return {}  # no git, or it hung
-    if not commit: return {}  # not a repository, or no commit yet
+
+    try:
+        commit = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    except (OSError, subprocess.SubprocessError):
+        return {}  # no git, or it hung
+    if not commit:
+        return {}  # not a repository, or no commit yet
     return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(git("status", "--porcelain"))).lower()}
 
+
 # %% ../nbs/01_tracking.ipynb #12cdb45f
-def log_dataset(ds: Dataset,            # the data the run trains on
-                context: str = "training", # how the run used it
-               ) -> None:
+def log_dataset(
+    ds: Dataset,  # the data the run trains on
+    context: str = "training",  # how the run used it
+) -> None:
     "Record `ds` as an input of the active MLflow run, with its digest."
     with warnings.catch_warnings():  # two notes from MLflow that do not apply to a local file of integers
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        dataset = mlflow.data.from_pandas(ds.frame(), source=ds.source, targets="label", name=ds.name,
-                                          digest=ds.digest[:16])
+        dataset = mlflow.data.from_pandas(
+            ds.frame(), source=ds.source, targets="label", name=ds.name, digest=ds.digest[:16]
+        )
         mlflow.log_input(dataset, context=context, tags={"sha256": ds.digest})
+
 
 # %% ../nbs/01_tracking.ipynb #f353bd70
 def model_pip_requirements() -> list[str]:
     "Pip requirements of a logged PyTorch model, pinned to the installed versions (no local `+cpu` label)."
     from importlib.metadata import version
+
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "cloudpickle", "numpy")]
 
-def log_torch_model(model: nn.Module,
-                    X_example: np.ndarray,           # a few input rows (more than one: the batch size stays dynamic)
-                    name: str = "model",
-                    registered_model_name: str | None = None, # also register it under this name
-                    **kwargs,                        # passed on to mlflow.pytorch.log_model
-                   ):
-    "Log `model` to the active run in MLflow's `pt2` format with a signature and an input example."
-    model = model.to("cpu").eval()
+
+def _model_kwargs(model: nn.Module, X_example: np.ndarray, profile: InputProfile | None) -> dict:
+    "What every saved model carries: a signature, an input example, pinned requirements and its input profile."
     X_example = np.asarray(X_example, dtype=np.float32)
-    with torch.no_grad(): output = model(torch.from_numpy(X_example)).numpy()
-    return mlflow.pytorch.log_model(
-        model, name=name, signature=infer_signature(X_example, output), input_example=X_example,
+    with torch.no_grad():
+        output = model(torch.from_numpy(X_example)).numpy()
+    return dict(
+        signature=infer_signature(X_example, output),
+        input_example=X_example,
         pip_requirements=model_pip_requirements(),
-        registered_model_name=registered_model_name, **kwargs)
+        metadata={"input_profile": profile.to_dict()} if profile else None,
+    )
+
+
+def log_torch_model(
+    model: nn.Module,
+    X_example: np.ndarray,  # a few input rows (more than one: the batch size stays dynamic)
+    name: str = "model",
+    registered_model_name: str | None = None,  # also register it under this name
+    profile: InputProfile | None = None,  # the training data's input profile, for a service
+    **kwargs,  # passed on to mlflow.pytorch.log_model
+):
+    "Log `model` to the active run in MLflow's `pt2` format with a signature, an input example and its input profile."
+    model = model.to("cpu").eval()
+    return mlflow.pytorch.log_model(
+        model,
+        name=name,
+        registered_model_name=registered_model_name,
+        **_model_kwargs(model, X_example, profile),
+        **kwargs,
+    )
+
+
+def save_torch_model(
+    model: nn.Module,
+    X_example: np.ndarray,
+    path: str | Path,  # a folder that does not exist yet
+    profile: InputProfile | None = None,
+    **kwargs,  # passed on to mlflow.pytorch.save_model
+) -> str:
+    "Save `model` to the folder `path` as `log_torch_model` would log it; returns the folder."
+    model = model.to("cpu").eval()
+    mlflow.pytorch.save_model(model, str(path), **_model_kwargs(model, X_example, profile), **kwargs)
+    return str(path)
+
 
 # %% ../nbs/01_tracking.ipynb #3d1d0f4e
 @dataclass
 class TrackedRun:
     "What `run_tracked_training` produced."
+
     run_id: str
     history: History
     test_metrics: dict[str, float]
     job: TrainingJob
-    model_uri: str | None = None   # models:/... of the logged model, when logged
+    model_uri: str | None = None  # models:/... of the logged model, when logged
     registered_version: str | None = None  # its version in the registry, when registered
+
 
 def run_params(cfg: Config, ds: Dataset) -> dict[str, object]:
     "The params a training run logs: the course's names, plus the rest of the model and optimiser settings."
     t, m = cfg.training, cfg.model
-    return {"learning_rate": t.learning_rate, "batch_size": t.batch_size, "architecture": m.architecture,
-            "epochs": t.num_epochs, "seed": cfg.seed, "dataset_digest": ds.digest,
-            "optimizer": t.optimizer, "scheduler": t.scheduler, "dropout": m.dropout, "hidden_size": m.hidden_size}
+    return {
+        "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size,
+        "architecture": m.architecture,
+        "epochs": t.num_epochs,
+        "seed": cfg.seed,
+        "dataset_digest": ds.digest,
+        "optimizer": t.optimizer,
+        "scheduler": t.scheduler,
+        "dropout": m.dropout,
+        "hidden_size": m.hidden_size,
+    }
 
-def train_and_log(job: TrainingJob,
-                  callbacks: list[EpochCallback] = (), # more per-epoch callbacks
-                  progress: bool = True,
-                  registered_model_name: str | None = None, # also register the model under this name
-                 ) -> TrackedRun:
+
+def train_and_log(
+    job: TrainingJob,
+    callbacks: list[EpochCallback] = (),  # more per-epoch callbacks
+    progress: bool = True,
+    registered_model_name: str | None = None,  # also register the model under this name
+) -> TrackedRun:
     "Inside the active MLflow run: log the dataset, train, and log test metrics, plots, the config and the model."
     run = mlflow.active_run()
-    if run is None: raise RuntimeError("train_and_log needs an active run: call it inside `with mlflow.start_run():`")
+    if run is None:
+        raise RuntimeError("train_and_log needs an active run: call it inside `with mlflow.start_run():`")
     cfg = job.cfg
     log_dataset(job.dataset)
     with MLflowEpochLogger() as logger:  # sends the last metrics even if training fails
         history = job.fit(callbacks=[logger, *callbacks], progress=progress)
     test = job.test_metrics()
     mlflow.log_metrics({**test, "best_epoch": history.best_epoch, "train_seconds": history.seconds})
-    mlflow.log_figure(plot_training_curves(history, f"{cfg.model.architecture}: {run.info.run_name}"),
-                      "training_plot.png")
+    mlflow.log_figure(
+        plot_training_curves(history, f"{cfg.model.architecture}: {run.info.run_name}"), "training_plot.png"
+    )
     pred = predict_proba(job.model, job.splits.test.X, job.device).argmax(1)
-    mlflow.log_figure(plot_confusion_matrix(job.splits.test.y, pred, job.dataset.class_names,
-                                            f"Test split (accuracy {test['test_accuracy']:.3f})"),
-                      "confusion_matrix.png")
+    mlflow.log_figure(
+        plot_confusion_matrix(
+            job.splits.test.y, pred, job.dataset.class_names, f"Test split (accuracy {test['test_accuracy']:.3f})"
+        ),
+        "confusion_matrix.png",
+    )
     mlflow.log_dict(cfg.model_dump(), "config.yaml")
-    info = (log_torch_model(job.model, job.splits.train.X[:5], registered_model_name=registered_model_name)
-            if cfg.tracking.log_model else None)
+    info = (
+        log_torch_model(
+            job.model,
+            job.splits.train.X[:5],
+            registered_model_name=registered_model_name,
+            profile=InputProfile.from_training(job.dataset, job.splits.train.X),
+        )
+        if cfg.tracking.log_model
+        else None
+    )
     version = getattr(info, "registered_model_version", None)
-    return TrackedRun(run.info.run_id, history, test, job, info.model_uri if info else None,
-                      str(version) if version is not None else None)
+    return TrackedRun(
+        run.info.run_id,
+        history,
+        test,
+        job,
+        info.model_uri if info else None,
+        str(version) if version is not None else None,
+    )
 
-def run_tracked_training(cfg: Config,
-                         run_name: str | None = None,       # default: cfg.tracking.run_name
-                         callbacks: list[EpochCallback] = (), # more per-epoch callbacks
-                         progress: bool = True,
-                         tags: dict[str, str] | None = None,
-                         registered_model_name: str | None = None, # also register the model under this name
-                        ) -> TrackedRun:
+
+def run_tracked_training(
+    cfg: Config,
+    run_name: str | None = None,  # default: cfg.tracking.run_name
+    callbacks: list[EpochCallback] = (),  # more per-epoch callbacks
+    progress: bool = True,
+    tags: dict[str, str] | None = None,
+    registered_model_name: str | None = None,  # also register the model under this name
+) -> TrackedRun:
     "Train the model `cfg` describes inside an MLflow run, logging params, metrics, plots, data and model."
     job = prepare_training(cfg)
     with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags={**git_tags(), **(tags or {})}):
         mlflow.log_params({**run_params(cfg, job.dataset), "device": str(job.device)})
         return train_and_log(job, callbacks, progress, registered_model_name)
-
-# %% ../nbs/01_tracking.ipynb #6413780e
-@dataclass
-class WandbOfflineRun:
-    "Where an offline W&B run was written, and what it trained."
-    run_id: str
-    run_dir: Path        # wandb/offline-run-...: pass it to `wandb sync` to upload
-    history: History
-    test_metrics: dict[str, float]
-
-def run_wandb_offline(cfg: Config,
-                      directory: str | Path | None = None, # wandb/ is created here (default: the project root)
-                      progress: bool = True,
-                     ) -> WandbOfflineRun:
-    "Train the model `cfg` describes, logging to W&B in offline mode (no account, no network)."
-    import wandb
-    job = prepare_training(cfg)
-    directory = Path(directory or find_project_root(cfg.source))
-    run = wandb.init(project=cfg.tracking.wandb_project, name=cfg.tracking.run_name, mode="offline",
-                     dir=directory, config=cfg.model_dump(), settings=wandb.Settings(console="off"))
-    try:
-        run.config.update({"dataset_digest": job.dataset.digest, "torch_device": str(job.device)})
-        history = job.fit(callbacks=[lambda epoch, m: run.log({"epoch": epoch, **m}, step=epoch)], progress=progress)
-        test = job.test_metrics()
-        pred = predict_proba(job.model, job.splits.test.X, job.device).argmax(1)
-        png = io.BytesIO()
-        plot_confusion_matrix(job.splits.test.y, pred, job.dataset.class_names).savefig(png, format="png")
-        run.log({"confusion_matrix": wandb.Image(PIL.Image.open(png))}, step=len(history))
-        run.summary.update({**test, "best_epoch": history.best_epoch})
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp)/"model.pt"
-            torch.save(job.model.state_dict(), path)
-            artifact = wandb.Artifact(f"digits-{cfg.model.architecture}", type="model",
-                                      metadata={**test, "architecture": cfg.model.architecture})
-            artifact.add_file(str(path))
-            run.log_artifact(artifact)
-            run.finish()
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    return WandbOfflineRun(run.id, Path(run.dir).parent, history, test)

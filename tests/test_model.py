@@ -3,6 +3,7 @@
 The trained model comes from a fixture that trains the tiny config once per session,
 never from a file that may not exist. The bars come from the config's `model_tests`.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,9 @@ def trained(cfg):
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_forward_pass_gives_one_score_per_class(cfg, trained, architecture):
-    model = build_model(cfg.model.model_copy(update={"architecture": architecture}), trained.splits.train.X,
-                        trained.dataset.image_shape).eval()
+    model = build_model(
+        cfg.model.model_copy(update={"architecture": architecture}), trained.splits.train.X, trained.dataset.image_shape
+    ).eval()
     with torch.no_grad():
         out = model(torch.from_numpy(trained.splits.test.X[:1]))
     assert out.shape == (1, cfg.model.num_classes)
@@ -59,7 +61,7 @@ def test_training_loop_can_overfit_one_batch(cfg):
 def test_same_seed_same_weights_same_outputs(cfg, trained):
     again = prepare_training(cfg)
     again.fit(progress=False)
-    for (name, a), b in zip(trained.model.state_dict().items(), again.model.state_dict().values()):
+    for (name, a), b in zip(trained.model.state_dict().items(), again.model.state_dict().values(), strict=False):
         assert torch.equal(a, b), name
     X = torch.from_numpy(trained.splits.test.X)
     with torch.no_grad():
@@ -88,8 +90,13 @@ def test_data_checks_name_what_is_wrong(cfg, trained):
     ds = trained.dataset
     broken = type(ds)(**{**ds.__dict__, "X": np.where(np.arange(ds.X.size).reshape(ds.X.shape) == 5, np.nan, ds.X)})
     assert data_problems(broken, trained.splits, 10) == ["1 missing feature values"]
-    splits = type(trained.splits)(trained.splits.train, trained.splits.val,
-                                  type(trained.splits.test)(trained.splits.test.X[trained.splits.test.y != 3],
-                                                            trained.splits.test.y[trained.splits.test.y != 3],
-                                                            trained.splits.test.index[trained.splits.test.y != 3]))
+    splits = type(trained.splits)(
+        trained.splits.train,
+        trained.splits.val,
+        type(trained.splits.test)(
+            trained.splits.test.X[trained.splits.test.y != 3],
+            trained.splits.test.y[trained.splits.test.y != 3],
+            trained.splits.test.index[trained.splits.test.y != 3],
+        ),
+    )
     assert data_problems(ds, splits, 10) == ["test split has no examples of classes [3]"]

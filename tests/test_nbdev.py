@@ -1,4 +1,5 @@
 """The notebooks are the source: the package is in sync with them, and they are committed clean."""
+
 import filecmp
 import shutil
 import subprocess
@@ -15,23 +16,32 @@ BIN = Path(sys.executable).parent
 def copy(tmp_path_factory):
     "A copy of the project's sources, for nbdev to rewrite without touching the working tree."
     dst = tmp_path_factory.mktemp("project")
-    shutil.copy(ROOT / "pyproject.toml", dst)
+    shutil.copy(ROOT / "pyproject.toml", dst)  # nbdev's settings, and ruff's
     shutil.copytree(ROOT / "nbs", dst / "nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copytree(ROOT / "mlops_day28", dst / "mlops_day28", ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 
 
 def test_nbdev_export_leaves_no_diff(copy):
-    r = subprocess.run([BIN / "nbdev-export"], cwd=copy, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    "What `make export` does: nbdev-export, then ruff sorts the imports and formats the modules."
+    for cmd in (
+        ["nbdev-export"],
+        ["ruff", "check", "--quiet", "--select", "I", "--fix", "mlops_day28"],
+        ["ruff", "format", "--quiet", "mlops_day28"],
+    ):
+        r = subprocess.run([BIN / cmd[0], *cmd[1:]], cwd=copy, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
     cmp = filecmp.dircmp(ROOT / "mlops_day28", copy / "mlops_day28", ignore=["__pycache__"])
     stale = cmp.diff_files + cmp.left_only + cmp.right_only
     assert not stale, f"mlops_day28/ is out of sync with nbs/ ({stale}): run `make export` and commit"
 
 
 def test_notebooks_are_clean(copy):
-    r = subprocess.run([BIN / "nbdev-clean"], cwd=copy, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    dirty = [p.name for p in sorted((ROOT / "nbs").glob("*.ipynb"))
-             if p.read_bytes() != (copy / "nbs" / p.name).read_bytes()]
+    "What `make clean-nbs` does: ruff formats the code cells, nbdev-clean strips outputs and metadata."
+    for cmd in (["ruff", "format", "--quiet", "nbs"], ["nbdev-clean"]):
+        r = subprocess.run([BIN / cmd[0], *cmd[1:]], cwd=copy, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    dirty = [
+        p.name for p in sorted((ROOT / "nbs").glob("*.ipynb")) if p.read_bytes() != (copy / "nbs" / p.name).read_bytes()
+    ]
     assert not dirty, f"notebooks with outputs or metadata: {dirty}: run `make clean-nbs` and commit"

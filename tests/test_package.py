@@ -1,4 +1,5 @@
 """Packaging rules: importing does nothing, settings live in pyproject.toml, torch is pinned."""
+
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ IMPORT_EVERYTHING = """
 import json, os, pathlib, sys
 # Third-party libraries first: what they do on import (torch sets KMP_* variables, MLflow a
 # telemetry session id) is theirs. Then snapshot, import our package, and compare.
-import matplotlib.figure, mlflow, numpy, pandas, psutil, pydantic, sklearn, torch, tqdm, yaml
+import matplotlib.figure, mlflow, numpy, pandas, psutil, pydantic, sklearn, torch, tqdm, typer, yaml
 import mlflow.pytorch, mlflow.data, torch.utils.data, sklearn.model_selection
 files = lambda: sorted(str(p) for p in pathlib.Path.cwd().rglob("*"))
 before_env, before_files = dict(os.environ), files()
@@ -51,11 +52,11 @@ def test_nbdev_settings_live_in_pyproject():
 
 
 def test_constraints_pin_everything_and_torch_to_the_cpu_build():
-    lines = [l for l in (ROOT / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
+    lines = [ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
     assert "torch==2.13.0" in lines
-    unpinned = [l for l in lines if "==" not in l]
+    unpinned = [ln for ln in lines if "==" not in ln]
     assert unpinned == []
-    names = {l.split("==")[0].lower().replace("_", "-") for l in lines}
+    names = {ln.split("==")[0].lower().replace("_", "-") for ln in lines}
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in deps:
         name = dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower().replace("_", "-")

@@ -1,4 +1,5 @@
 """Registry helpers: errors that name what exists, and a failed promotion that changes nothing."""
+
 import uuid
 from pathlib import Path
 
@@ -7,10 +8,17 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlops_day28 import registry
+from mlops_day28 import promotion
 from mlops_day28.config import load_config
-from mlops_day28.registry import (RegistryError, load_model, model_aliases, promote_if_better, register_run_model,
-                                  rollback)
+from mlops_day28.promotion import promote_if_better, rollback
+from mlops_day28.registry import (
+    ModelLoadError,
+    RegistryError,
+    load_model,
+    model_aliases,
+    register_run_model,
+    resolve_model_uri,
+)
 from mlops_day28.tracking import run_tracked_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +37,16 @@ def two_versions(tracking_uri):
 
 def test_unknown_alias_names_the_existing_ones(two_versions):
     name, _ = two_versions
-    with pytest.raises(RegistryError, match=r"has no alias 'production'; its aliases: challenger -> v2, champion -> v1"):
-        load_model(name, "production")
+    with pytest.raises(
+        ModelLoadError, match=r"has no alias 'production'; its aliases: challenger -> v2, champion -> v1"
+    ):
+        load_model(f"models:/{name}@production")
 
 
 def test_unknown_model_and_run_are_named(two_versions):
     name, _ = two_versions
-    with pytest.raises(RegistryError, match=rf"no registered model 'nope-{name}'.*registered: .*{name}"):
-        load_model(f"nope-{name}")
+    with pytest.raises(ModelLoadError, match=rf"no registered model 'nope-{name}'.*registered: .*{name}"):
+        load_model(f"models:/nope-{name}@champion")
     with pytest.raises(RegistryError, match="run 'deadbeef' does not exist"):
         register_run_model("deadbeef", name)
 
@@ -49,7 +59,7 @@ def test_failed_promotion_leaves_aliases_and_tags_as_they_were(two_versions, mon
     def unloadable(*args, **kwargs):
         raise OSError("model files unreadable")
 
-    monkeypatch.setattr(registry, "evaluate_version", unloadable)
+    monkeypatch.setattr(promotion, "evaluate_version", unloadable)
     X, y = run.job.splits.test.X, run.job.splits.test.y
     with pytest.raises(OSError):
         promote_if_better(name, X, y)
@@ -82,3 +92,13 @@ def test_first_champion_needs_the_minimum_accuracy(tracking_uri, two_versions):
     assert not d.promoted and "< the minimum 0.9990" in d.reason
     assert model_aliases(name) == {"challenger": "1"}
     assert np.isclose(d.challenger_accuracy, run.test_metrics["test_accuracy"])
+
+
+def test_an_alias_resolves_to_the_version_it_points_at_now(two_versions):
+    name, run = two_versions
+    ref = resolve_model_uri(f"models:/{name}@champion")
+    assert (ref.name, ref.version, ref.load_uri) == (name, "1", f"models:/{name}/1")
+    assert resolve_model_uri(f"models:/{name}/2").version == "2"
+    assert resolve_model_uri(f"runs:/{run.run_id}/model").version == run.run_id
+    with pytest.raises(ModelLoadError, match="has no version 9; versions: 1, 2"):
+        resolve_model_uri(f"models:/{name}/9")

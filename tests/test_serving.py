@@ -3,6 +3,7 @@
 Tests that need Prometheus (`prometheus`, `promtool`: Debian's `prometheus` package) skip with a
 reason when it is absent, except where MLOPS_REQUIRE_PROMETHEUS=1 (set by .ci/run): there they fail.
 """
+
 import json
 import os
 import re
@@ -19,14 +20,26 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
-from mlflow.models import infer_signature
 
 from mlops_day28.config import load_config
-from mlops_day28.server import free_port
-from mlops_day28.serving import (INVALID_REASONS, PixelDrift, ServedModel, create_app, dashboard_series, drifted,
-                                 emulate_alert, histogram_quantile, load_served_model, prometheus_get, scrape,
-                                 send_traffic, start_prometheus, start_service)
-from mlops_day28.tracking import model_pip_requirements
+from mlops_day28.drift import InputProfile, PixelDrift, drifted
+from mlops_day28.models import ARCHITECTURES, build_model
+from mlops_day28.payloads import INVALID_REASONS
+from mlops_day28.processes import free_port
+from mlops_day28.prometheus import (
+    dashboard_series,
+    emulate_alert,
+    histogram_quantile,
+    prometheus_get,
+    scrape,
+    send_traffic,
+    start_prometheus,
+    start_service,
+)
+from mlops_day28.registry import ModelLoadError
+from mlops_day28.served_model import load_served_model
+from mlops_day28.serving import create_app
+from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +66,10 @@ def model_dir(cfg, tmp_path_factory):
     "The tiny config's model, trained and saved as an MLflow model folder (pt2), as CI exports it."
     job = prepare_training(cfg)
     job.fit(progress=False)
-    model = job.model.eval()
-    X = job.splits.train.X[:5]
-    with torch.no_grad():
-        out = model(torch.from_numpy(X)).numpy()
     path = tmp_path_factory.mktemp("served") / "model"
-    mlflow.pytorch.save_model(model, str(path), signature=infer_signature(X, out), input_example=X,
-                              pip_requirements=model_pip_requirements())
+    save_torch_model(
+        job.model, job.splits.train.X[:5], path, InputProfile.from_training(job.dataset, job.splits.train.X)
+    )
     return path, job
 
 
@@ -75,7 +85,10 @@ def client(app):
 
 def invalid_counts(client):
     text = client.get("/metrics").text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'model_invalid_requests_total\{reason="(\w+)"\} (\S+)', text)}
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'model_invalid_requests_total\{reason="(\w+)"\} (\S+)', text)
+    }
 
 
 def test_predict_one_and_a_batch(client, model_dir):
@@ -89,7 +102,7 @@ def test_predict_one_and_a_batch(client, model_dir):
     assert set(p) == {"prediction_id", "predicted_class", "label", "probabilities"}
     assert abs(sum(p["probabilities"]) - 1) < 1e-4 and p["predicted_class"] == int(np.argmax(p["probabilities"]))
     batch = client.post("/predict", json={"images": X[:100].tolist()}).json()["predictions"]
-    accuracy = np.mean([q["predicted_class"] == t for q, t in zip(batch, y[:100])])
+    accuracy = np.mean([q["predicted_class"] == t for q, t in zip(batch, y[:100], strict=False)])
     assert accuracy > 0.9
     assert len({q["prediction_id"] for q in batch}) == 100
 
@@ -100,8 +113,8 @@ MALFORMED = {
     "8x7": (json.dumps({"image": [[0.0] * 7] * 8}), 422, "shape"),
     "ragged": (json.dumps({"image": [[0.0] * 8] * 7 + [[0.0] * 3]}), 422, "shape"),
     "3-d": (json.dumps({"image": [[[0.0] * 8] * 8]}), 422, "shape"),
-    "too bright": (json.dumps({"image": [17.0] + X0[1:]}), 422, "out_of_range"),
-    "negative": (json.dumps({"image": [-0.5] + X0[1:]}), 422, "out_of_range"),
+    "too bright": (json.dumps({"image": [17.0, *X0[1:]]}), 422, "out_of_range"),
+    "negative": (json.dumps({"image": [-0.5, *X0[1:]]}), 422, "out_of_range"),
     "NaN": ('{"image": [NaN' + ", 0" * 63 + "]}", 422, "not_finite"),
     "Infinity": ('{"image": [Infinity' + ", 0" * 63 + "]}", 422, "not_finite"),
     "strings": (json.dumps({"image": ["x"] * 64}), 422, "type"),
@@ -139,13 +152,15 @@ def test_malformed_requests_are_4xx_counted_and_the_service_keeps_serving(client
 def test_messages_name_the_problem(client):
     r = client.post("/predict", json={"images": [X0, X0[:-1]]})
     assert r.json()["detail"] == "images[1]: expected 64 values or 8x8, got shape (63,)"
-    r = client.post("/predict", json={"image": [20.0] + X0[1:]})
+    r = client.post("/predict", json={"image": [20.0, *X0[1:]]})
     assert r.json()["detail"] == "image: pixel values must be between 0 and 16, got 0 to 20"
 
 
 def test_feedback_rolling_accuracy_and_its_errors(cfg, model_dir):
     _, job = model_dir
-    small = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"accuracy_window": 4, "keep_predictions": 5})})
+    small = cfg.model_copy(
+        update={"serving": cfg.serving.model_copy(update={"accuracy_window": 4, "keep_predictions": 5})}
+    )
     c = TestClient(create_app(load_served_model(str(model_dir[0])), small))
     preds = c.post("/predict", json={"images": job.splits.test.X[:6].tolist()}).json()["predictions"]
     oldest = preds[0]["prediction_id"]  # only the last 5 ids are kept
@@ -161,9 +176,12 @@ def test_feedback_rolling_accuracy_and_its_errors(cfg, model_dir):
     assert "model_accuracy 0.25" in c.get("/metrics").text
     again = c.post("/feedback", json={"prediction_id": preds[1]["prediction_id"], "label": 0})
     assert again.status_code == 409
-    for body, status in [({"prediction_id": preds[1]["prediction_id"], "label": 10}, 422),
-                         ({"prediction_id": preds[1]["prediction_id"], "label": True}, 422),
-                         ({"prediction_id": 5, "label": 1}, 422), ({"label": 1}, 422)]:
+    for body, status in [
+        ({"prediction_id": preds[1]["prediction_id"], "label": 10}, 422),
+        ({"prediction_id": preds[1]["prediction_id"], "label": True}, 422),
+        ({"prediction_id": 5, "label": 1}, 422),
+        ({"label": 1}, 422),
+    ]:
         assert c.post("/feedback", json=body).status_code == status
     assert c.post("/feedback", content="nope").status_code == 400
 
@@ -180,7 +198,7 @@ def test_drift_gauge_rises_on_drifted_inputs(cfg, model_dir):
 
 def test_pixel_drift_window_forgets_old_images(model_dir):
     _, job = model_dir
-    d = PixelDrift(job.splits.train.X, window=50)
+    d = PixelDrift(InputProfile.from_training(job.dataset, job.splits.train.X), window=50)
     assert d.psi() == 0.0
     d.update(drifted(job.splits.test.X[:50]))
     assert d.psi() > 0.2
@@ -200,19 +218,40 @@ def test_histogram_quantile_and_alert_emulation():
 def test_metrics_pass_promtool_check(client):
     promtool = need("promtool")
     client.post("/predict", json={"image": X0})
-    r = subprocess.run([promtool, "check", "metrics"], input=client.get("/metrics").text, capture_output=True, text=True)
+    r = subprocess.run(
+        [promtool, "check", "metrics"], input=client.get("/metrics").text, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
 
 
-PROMQL_WORDS = {"sum", "rate", "increase", "histogram_quantile", "by", "without", "and", "or", "unless", "on",
-                "ignoring", "topk", "avg", "max", "min", "count", "le", "bool", "offset"}
+PROMQL_WORDS = {
+    "sum",
+    "rate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "topk",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "le",
+    "bool",
+    "offset",
+}
 
 
 def promql_metrics(expr: str) -> set[str]:
     "Metric names an expression reads: identifiers that are not functions, keywords, label names or values."
-    expr = re.sub(r"\{[^}]*\}", "", expr)                      # label matchers
-    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)    # grouping labels
-    expr = re.sub(r"\[[^\]]*\]", "", expr)                     # range selectors
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
     names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr))
     return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"\d.*", n)}
 
@@ -222,14 +261,21 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported(client):
     dashboard = json.loads((MON / "grafana" / "dashboards" / "model_service.json").read_text())
     exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = set().union(*map(promql_metrics, exprs))
-    assert {"model_input_drift_psi", "model_accuracy", "http_requests_total", "model_prediction_latency_seconds_bucket"} <= queried
+    assert {
+        "model_input_drift_psi",
+        "model_accuracy",
+        "http_requests_total",
+        "model_prediction_latency_seconds_bucket",
+    } <= queried
     client.post("/predict", json={"image": X0})
     exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{| )", client.get("/metrics").text, re.M))
     assert queried <= exported, f"queried but not exported: {sorted(queried - exported)}"
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
-    source = yaml.safe_load((MON / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    source = yaml.safe_load((MON / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     dashboard = json.loads((MON / "grafana" / "dashboards" / "model_service.json").read_text())
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
@@ -242,15 +288,25 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
 
 
 def test_compose_file_matches_the_compose_spec():
-    r = subprocess.run([Path(sys.executable).parent / "check-jsonschema", "--builtin-schema", "vendor.compose-spec",
-                        MON / "docker-compose.yml"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            Path(sys.executable).parent / "check-jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            MON / "docker-compose.yml",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_promtool_checks_configs_and_rules():
     promtool = need("promtool")
     for config in (MON / "prometheus.yml", MON / "compose" / "prometheus.yml"):
-        r = subprocess.run([promtool, "check", "config", "--syntax-only", config], capture_output=True, text=True, cwd=MON)
+        r = subprocess.run(
+            [promtool, "check", "config", "--syntax-only", config], capture_output=True, text=True, cwd=MON
+        )
         assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([promtool, "check", "rules", "alerts.yml"], capture_output=True, text=True, cwd=MON)
     assert r.returncode == 0 and "SUCCESS: 5 rules found" in r.stdout, r.stdout + r.stderr
@@ -269,10 +325,14 @@ def test_alert_rule_tests_can_fail(tmp_path):
     broken = (MON / "alerts_test.yml").read_text().replace("values: '0.35x20'", "values: '0.05x20'")
     (tmp_path / "alerts.yml").write_text((MON / "alerts.yml").read_text())
     (tmp_path / "alerts_test.yml").write_text(broken)
-    r = subprocess.run([need("promtool"), "test", "rules", "alerts_test.yml"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [need("promtool"), "test", "rules", "alerts_test.yml"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert r.returncode != 0 and "ModelInputDrift" in r.stdout + r.stderr
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_real_service_scraped_by_a_real_prometheus(cfg, model_dir):
     need("prometheus")
     path, job = model_dir
@@ -289,7 +349,14 @@ def test_real_service_scraped_by_a_real_prometheus(cfg, model_dir):
         assert float(result[0]["value"][1]) == served
         rules = prometheus_get(prometheus.url, "/api/v1/rules")["groups"][0]["rules"]
         assert sorted(r["name"] for r in rules) == sorted(
-            ["ModelAccuracyLow", "ModelHighErrorRate", "ModelHighLatencyP95", "ModelInputDrift", "ModelManyInvalidRequests"])
+            [
+                "ModelAccuracyLow",
+                "ModelHighErrorRate",
+                "ModelHighLatencyP95",
+                "ModelInputDrift",
+                "ModelManyInvalidRequests",
+            ]
+        )
         assert all(r["health"] == "ok" for r in rules)
         series = dashboard_series(samples)
         assert np.nanmax(series["request_rate"]) > 1 and np.all(series["drift"] < 0.2)
@@ -302,7 +369,68 @@ def test_real_service_scraped_by_a_real_prometheus(cfg, model_dir):
         httpx.get(f"{service.url}/health")
 
 
-def test_serve_cli_refuses_a_model_that_does_not_exist(tmp_path):
-    r = subprocess.run([Path(sys.executable).parent / "mlops-serve", "--config", TINY, "--model", tmp_path / "nothing"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "is neither a model URI" in r.stderr
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_every_architecture_is_served_by_the_torchscript_fast_path(cfg, model_dir, tmp_path, architecture):
+    _, job = model_dir
+    X = job.splits.train.X
+    model = build_model(cfg.model.model_copy(update={"architecture": architecture}), X, job.dataset.image_shape)
+    folder = save_torch_model(model, X[:5], tmp_path / "model", InputProfile.from_training(job.dataset, X))
+    c = TestClient(create_app(load_served_model(folder), cfg))
+    health = c.get("/health").json()
+    assert (health["inference"], health["inference_note"]) == ("torchscript", ""), health
+
+
+def test_a_model_that_cannot_be_traced_is_served_eagerly_and_says_why(model_dir, caplog):
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :10] if x.shape[0] > 3 else x[:, :10] * 2  # tracing keeps one branch
+
+    served = load_served_model(str(model_dir[0]))
+    slow = type(served)(Branchy(), served.name, served.version, served.uri, served.profile).optimized()
+    assert slow.inference == "eager" and "answers differently for a batch of 7" in slow.note
+    assert any("as loaded, about 3x slower" in r.getMessage() for r in caplog.records)
+
+
+def test_the_service_needs_no_training_data(cfg, model_dir, tmp_path):
+    path, job = model_dir
+    nodata = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset_path": str(tmp_path / "gone.csv")})})
+    served = load_served_model(str(path), nodata)
+    assert served.data_check == "no training data here: the profile logged with the model is used"
+    c = TestClient(create_app(served, nodata))
+    r = c.post("/predict", json={"images": job.splits.test.X[:20].tolist()})
+    assert r.status_code == 200
+    assert [p["label"] for p in r.json()["predictions"]] == [str(p["predicted_class"]) for p in r.json()["predictions"]]
+    matching = load_served_model(str(path), cfg)
+    assert matching.data_check.startswith("the config's data is the model's training data")
+
+
+def test_a_model_without_a_profile_needs_its_own_data(cfg, model_dir, tmp_path):
+    _, job = model_dir
+    bare = save_torch_model(job.model, job.splits.train.X[:5], tmp_path / "bare")  # logged without a profile
+    served = load_served_model(bare, cfg)
+    assert served.profile == InputProfile.from_training(job.dataset, job.splits.train.X)
+    other = tmp_path / "other.csv"
+    other.write_text((ROOT / "data" / "digits.csv").read_text().replace("\n0,", "\n1,", 1))
+    elsewhere = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset_path": str(other)})})
+    served = load_served_model(bare, elsewhere)  # a folder records no digest to compare with
+    assert served.profile.dataset_digest != job.dataset.digest
+    with pytest.raises(ModelLoadError, match="logged without an input profile"):
+        load_served_model(bare)
+
+
+def test_a_logged_model_without_a_profile_is_checked_against_its_data_digest(tracking_uri, cfg, model_dir, tmp_path):
+    _, job = model_dir
+    mlflow.set_experiment("tests_serving")
+    bare = save_torch_model(job.model, job.splits.train.X[:5], tmp_path / "bare")  # logged without a profile
+    with mlflow.start_run() as run:
+        mlflow.log_param("dataset_digest", job.dataset.digest)
+        mlflow.log_artifacts(bare, "model")
+    uri = f"runs:/{run.info.run_id}/model"
+    assert (
+        load_served_model(uri, cfg).data_check == "made from the config's data (the model was logged without a profile)"
+    )
+    other = tmp_path / "other.csv"
+    other.write_text((ROOT / "data" / "digits.csv").read_text().replace("\n0,", "\n1,", 1))
+    elsewhere = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset_path": str(other)})})
+    with pytest.raises(ModelLoadError, match=f"was trained on data sha256 {job.dataset.digest[:12]}"):
+        load_served_model(uri, elsewhere)

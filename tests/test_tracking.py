@@ -1,4 +1,5 @@
 """Exercise 1's tracked run, read back from the server; failures never leave a run RUNNING; W&B offline."""
+
 import hashlib
 import struct
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 from mlflow import MlflowClient
 
 from mlops_day28.config import load_config
-from mlops_day28.tracking import MLflowEpochLogger, run_tracked_training, run_wandb_offline
+from mlops_day28.tracking import MLflowEpochLogger, run_tracked_training
+from mlops_day28.wandb_offline import run_wandb_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,9 @@ def test_run_records_params_metrics_artifacts_data_and_model(tracked, tiny):
         assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(1, tiny.training.num_epochs + 1))
         assert np.allclose([m.value for m in sorted(hist, key=lambda m: m.step)], tracked.history[name])
     assert max(tracked.history["val_accuracy"]) > 0.9
-    assert {"training_plot.png", "confusion_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(tracked.run_id)}
+    assert {"training_plot.png", "confusion_matrix.png", "config.yaml"} <= {
+        a.path for a in client.list_artifacts(tracked.run_id)
+    }
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "digits" and inp.dataset.digest == tracked.job.dataset.digest[:16]
     assert {t.key: t.value for t in inp.tags}["sha256"] == tracked.job.dataset.digest
@@ -69,8 +73,9 @@ def test_failure_inside_the_run_marks_it_failed(tracking_uri, tiny):
 
     with pytest.raises(RuntimeError, match="boom in epoch 2"):
         run_tracked_training(tiny, run_name="doomed", callbacks=[explode], progress=False)
-    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("tests_tracking").experiment_id],
-                                         "attributes.run_name = 'doomed'")
+    (run,) = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("tests_tracking").experiment_id], "attributes.run_name = 'doomed'"
+    )
     assert run.info.status == "FAILED"
     assert mlflow.active_run() is None
     # what was measured before the failure is kept: the logger (called before `explode`) sent both epochs
@@ -81,8 +86,14 @@ def test_epoch_logger_batches_calls_and_keeps_steps(tracking_uri, monkeypatch):
     mlflow.set_experiment("tests_tracking")
     sent = []
     real = MlflowClient.log_batch
-    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, run_id, metrics=(), **kw: (
-        sent.append([(m.key, m.step) for m in metrics]), real(self, run_id, metrics=metrics, **kw))[1])
+    monkeypatch.setattr(
+        MlflowClient,
+        "log_batch",
+        lambda self, run_id, metrics=(), **kw: (
+            sent.append([(m.key, m.step) for m in metrics]),
+            real(self, run_id, metrics=metrics, **kw),
+        )[1],
+    )
     with mlflow.start_run() as run:
         every_epoch = MLflowEpochLogger(flush_every=0)
         for epoch in (1, 2):
@@ -115,11 +126,11 @@ def read_wandb_records(path: Path):
         if block - pos % block < 7:  # too little left in this block for a header: padding
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
         if length == 0 and kind == 0:
             pos += block - pos % block
             continue
-        chunks += data[pos + 7:pos + 7 + length]
+        chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             rec = pb.Record()
@@ -154,7 +165,10 @@ def test_wandb_offline_run_records_the_metrics(tiny, tmp_path):
             config.update(_items(r.run.config.update))
         if r.HasField("config"):
             config.update(_items(r.config.update))
-    unwrap = lambda v: v["value"] if isinstance(v, dict) and "value" in v else v
+
+    def unwrap(v):
+        return v["value"] if isinstance(v, dict) and "value" in v else v
+
     assert unwrap(config["training"])["learning_rate"] == tiny.training.learning_rate
     assert unwrap(config["dataset_digest"]) == hashlib.sha256((ROOT / "data" / "digits.csv").read_bytes()).hexdigest()
     summary = {}

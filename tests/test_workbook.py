@@ -1,4 +1,5 @@
 """The runner behind `make workbook`: executes the exercises in order, stops at a failure, says where to look."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ RUNNER = ROOT / "tools" / "run_workbook.py"
 
 def run(*args, tracking_uri):
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLOPS_CONFIG": "configs/tiny.yaml"}
-    return subprocess.run([sys.executable, RUNNER, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, RUNNER, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900
+    )
 
 
 def notebook(path: Path, *sources: str) -> Path:
@@ -43,9 +45,11 @@ def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracki
 def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    notebook(nbs / "01_log.ipynb",
-             "import mlflow, os\nmlflow.set_tracking_uri(os.environ['MLFLOW_TRACKING_URI'])\n"
-             "mlflow.set_experiment('tests_workbook_runner')\nwith mlflow.start_run(): mlflow.log_metric('x', 1)")
+    notebook(
+        nbs / "01_log.ipynb",
+        "import mlflow, os\nmlflow.set_tracking_uri(os.environ['MLFLOW_TRACKING_URI'])\n"
+        "mlflow.set_experiment('tests_workbook_runner')\nwith mlflow.start_run(): mlflow.log_metric('x', 1)",
+    )
     r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
     assert r.returncode == 0, r.stderr
     assert f"MLflow server: using {tracking_uri}" in r.stdout

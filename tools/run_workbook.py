@@ -6,6 +6,7 @@ to .workbook/ (git-ignored), stops at the first failing notebook, and prints a s
 and where to look. The config the notebooks use is $MLOPS_CONFIG (default
 configs/config.yaml).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ def exercise_notebooks(folder: Path, only: list[str] | None = None) -> list[Path
 def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, str]:
     "Execute `path` with nbs/ as working directory; save the executed copy; (ok, seconds, error)."
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start, error = time.perf_counter(), ""
     try:
         client.execute()
@@ -77,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlops_day28.server import TrackingServerError, ensure_tracking_server
+    from mlops_day28.errors import MlopsError, report
+    from mlops_day28.tracking_server import ensure_tracking_server
 
     try:
         server = ensure_tracking_server(ROOT)
-    except TrackingServerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except MlopsError as e:  # a bad MLFLOW_PORT (2), a server that cannot start or does not answer (1)
+        report(e)
+        return e.exit_code
     os.environ["MLFLOW_TRACKING_URI"] = server.uri  # every kernel logs to this server
     how = "started" if server.started else "using"
     print(f"MLflow server: {how} {server.uri}; config: {os.environ['MLOPS_CONFIG']}")
@@ -101,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             failed = (nb, error)
             break
-    print(f"\n{len(notebooks) if not failed else notebooks.index(failed[0])} of {len(notebooks)} "
-          f"notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {_show(out_dir)}/")
+    print(
+        f"\n{len(notebooks) if not failed else notebooks.index(failed[0])} of {len(notebooks)} "
+        f"notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {_show(out_dir)}/"
+    )
     if failed:
         nb, error = failed
         print(f"\n{nb.name} failed; see {_show(out_dir)}/{nb.name}. The error:\n", file=sys.stderr)

@@ -1,4 +1,5 @@
 """The local MLflow server: started once, reused, refused on a foreign port, stopped by process id."""
+
 import json
 import os
 import socket
@@ -8,40 +9,49 @@ from pathlib import Path
 
 import pytest
 
-from mlops_day28.server import (TrackingServerError, _running, ensure_tracking_server, free_port, port_is_open,
-                                start_tracking_server, stop_tracking_server)
+from mlops_day28 import cli
+from mlops_day28.errors import InputError
+from mlops_day28.processes import free_port, is_running, port_is_open
+from mlops_day28.tracking_server import (
+    TrackingServerError,
+    ensure_tracking_server,
+    start_tracking_server,
+    stop_tracking_server,
+)
 
 MLOPS_MLFLOW = str(Path(sys.executable).parent / "mlops-mlflow")
 
 
-def cli(*args, cwd, port):
+def run_cli(*args, cwd, port):
     env = {**os.environ, "MLFLOW_PORT": str(port)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([MLOPS_MLFLOW, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=180)
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_cli_start_status_stop_by_recorded_pid(tmp_path):
     (tmp_path / "pyproject.toml").write_text("")  # a project of its own: state goes to tmp_path/.mlflow
     port = free_port()
-    r = cli("start", cwd=tmp_path, port=port)
+    r = run_cli("start", cwd=tmp_path, port=port)
     assert r.returncode == 0, r.stderr
     assert f"MLflow server started: http://127.0.0.1:{port}" in r.stdout
     record = json.loads((tmp_path / ".mlflow" / "server.json").read_text())
     pid = record["pid"]
     try:
-        assert _running(pid) and port_is_open(port)
+        assert is_running(pid) and port_is_open(port)
         assert (tmp_path / ".mlflow" / "mlflow.db").exists()
-        again = cli("start", cwd=tmp_path, port=port)
+        again = run_cli("start", cwd=tmp_path, port=port)
         assert "already running" in again.stdout
-        status = cli("status", cwd=tmp_path, port=port)
+        status = run_cli("status", cwd=tmp_path, port=port)
         assert status.returncode == 0 and f"(pid {pid})" in status.stdout
     finally:
-        stop = cli("stop", cwd=tmp_path, port=port)
+        stop = run_cli("stop", cwd=tmp_path, port=port)
     assert stop.returncode == 0 and "stopped" in stop.stdout
-    assert not _running(pid) and not port_is_open(port)
+    assert not is_running(pid) and not port_is_open(port)
     assert not (tmp_path / ".mlflow" / "server.json").exists()
-    assert cli("status", cwd=tmp_path, port=port).returncode == 1
-    assert "no running MLflow server recorded" in cli("stop", cwd=tmp_path, port=port).stdout
+    assert run_cli("status", cwd=tmp_path, port=port).returncode == 1
+    assert "no running MLflow server recorded in .mlflow/server.json" in run_cli("stop", cwd=tmp_path, port=port).stdout
 
 
 def test_stale_record_never_kills_another_program(tmp_path):
@@ -58,30 +68,38 @@ def test_stale_record_never_kills_another_program(tmp_path):
         other.wait()
 
 
-def test_second_server_on_another_port_is_refused(tmp_path):
-    first = start_tracking_server(port=free_port(), root=tmp_path)
+@pytest.mark.server
+def test_second_server_on_another_port_is_refused(tmp_path, request, tracking_uri):
+    "A project whose recorded server runs (here: the session's, recorded in this project too) gets no second one."
+    session = getattr(request.config, "_mlops_server", None)  # None when MLFLOW_TRACKING_URI came from outside
+    first = session[0] if session else start_tracking_server(port=free_port(), root=tmp_path)
     try:
+        (tmp_path / ".mlflow").mkdir(exist_ok=True)
+        (tmp_path / ".mlflow" / "server.json").write_text(json.dumps({"uri": first.uri, "pid": first.pid}))
         with pytest.raises(TrackingServerError, match=f"already running at {first.uri}"):
             start_tracking_server(port=free_port(), root=tmp_path)
     finally:
-        assert stop_tracking_server(tmp_path)
+        if not session:
+            assert stop_tracking_server(tmp_path)
 
 
-def test_port_held_by_something_else_is_named(tmp_path):
+def test_port_held_by_something_else_is_named(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = cli("start", cwd=tmp_path, port=port)
-    assert r.returncode == 1
-    assert f"port {port} on 127.0.0.1 is in use by something that is not an MLflow server" in r.stderr
-    assert f"MLFLOW_PORT={port + 1}" in r.stderr
+        code = cli.mlflow(["start", "--port", str(port), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 is in use by something that is not an MLflow server" in err
+    assert f"MLFLOW_PORT={port + 1}" in err
     assert not (tmp_path / ".mlflow" / "server.json").exists()
 
 
-def test_bad_mlflow_port_is_named(tmp_path):
-    r = cli("start", cwd=tmp_path, port="five")
-    assert r.returncode == 1 and "MLFLOW_PORT='five' is not a port number" in r.stderr
+def test_bad_mlflow_port_is_bad_input(monkeypatch):
+    monkeypatch.setenv("MLFLOW_PORT", "five")
+    with pytest.raises(InputError, match="MLFLOW_PORT='five' is not a port number"):
+        start_tracking_server()
 
 
 def test_tracking_uri_that_is_down_gives_a_clear_error(monkeypatch):
@@ -97,9 +115,10 @@ def test_a_given_tracking_uri_is_used_not_started(tracking_uri, tmp_path, monkey
     assert not (tmp_path / ".mlflow").exists()
 
 
+@pytest.mark.server
 def test_server_that_dies_at_start_shows_its_log(tmp_path):
     (tmp_path / ".mlflow").mkdir()
     (tmp_path / ".mlflow" / "mlflow.db").write_text("this is not a sqlite database")
-    with pytest.raises(TrackingServerError, match="exited with code .* before it was healthy"):
+    with pytest.raises(TrackingServerError, match=r"exited with code .* before it was ready"):
         start_tracking_server(port=free_port(), root=tmp_path, timeout=120)
     assert not (tmp_path / ".mlflow" / "server.json").exists()
