@@ -44,7 +44,7 @@ test: install lint ## everything: lint, the tests in tests/ and every notebook e
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
-	$(BIN)/python -m pytest tests -n 2 -m "not notebook and not server and not slow"
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not notebook and not server and not slow"
 
 lint: install ## ruff: lint and formatting of the package, tests, tools and benchmarks
 	$(BIN)/ruff check $(LINTED)

@@ -37,12 +37,17 @@ def _needs_server(item) -> bool:
     return item.path.suffix == ".ipynb" or _SERVER_FIXTURE in getattr(item, "fixturenames", ())
 
 
-def _cost_rank(item) -> int:
-    "Longest work first, so that `pytest -n` does not end waiting on one long file: exercises, tests, reference."
-    name = item.path.name
-    if item.path.suffix == ".ipynb":
-        return 0 if name[:2].isdigit() and name[:2] != "00" and name[2] == "_" else 2
-    return 1
+# The longest files first, so that `pytest -n` does not end waiting on one of them (measured with
+# --durations: the exercises that train the most, then the tests, then the reference notebooks).
+_FIRST = ["06_monitoring", "04_sweep", "03_pipeline", "test_sweep", "test_evaluate", "test_serving", "05_cicd"]
+
+
+def _cost_rank(item) -> tuple[int, int]:
+    "Where `item`'s file goes in the queue: the known long ones, the tests, then the notebooks."
+    stem = item.path.stem
+    if stem in _FIRST:
+        return 0, _FIRST.index(stem)
+    return (1, 0) if item.path.suffix == ".py" else (2, 0)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
@@ -52,7 +57,7 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.notebook)
         if _needs_server(item):
             item.add_marker(pytest.mark.server)
-    items.sort(key=_cost_rank)  # stable: a notebook's cells stay in order
+    items.sort(key=_cost_rank)  # stable: a file's tests, and a notebook's cells, stay in order
 
 
 def pytest_collection_finish(session):

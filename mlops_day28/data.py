@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from .errors import InputError
 from .schema import Config, DataConfig, SplitsConfig, find_project_root
@@ -240,6 +239,8 @@ def split_dataset(
     seed: int = 42,  # the same seed gives the same split
 ) -> DataSplits:
     "Stratified train/val/test split of `ds`, the same for the same seed."
+    from sklearn.model_selection import train_test_split  # here, not at import: scikit-learn takes a second to load
+
     splits = splits or SplitsConfig()
     idx = np.arange(len(ds))
     try:

@@ -93,7 +93,7 @@ def input_profile(ref: ModelRef, cfg: Config | None = None) -> tuple[InputProfil
     if logged:
         profile = InputProfile.from_dict(logged)
         if ds is None:
-            return profile, "no training data here: the profile logged with the model is used"
+            return profile, "no training data to compare with: the profile logged with the model is used"
         if ds.digest == profile.dataset_digest:
             return profile, f"the config's data is the model's training data (sha256 {ds.digest[:12]})"
         check = f"the config's data (sha256 {ds.digest[:12]}) is not the model's training data (sha256 {profile.dataset_digest[:12]})"

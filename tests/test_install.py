@@ -64,6 +64,7 @@ def test_an_index_that_refuses_is_left_out():
     assert "--extra-index-url" not in line and "-c constraints.txt" in line and "-e '.[dev]'" in line
 
 
+@pytest.mark.slow  # waits out the probe's 3 s deadline
 def test_an_index_that_never_answers_costs_at_most_the_probe():
     "A server that accepts the connection and then says nothing: the probe gives up at its deadline."
     with socket.socket() as silent:

@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(p.stem for p in (ROOT / "mlops_day28").glob("[a-z]*.py"))
 
@@ -29,6 +31,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports every module: seconds
 def test_import_has_no_side_effects(tmp_path):
     code = IMPORT_EVERYTHING.format(imports="\n".join(f"import mlops_day28.{m}" for m in MODULES))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # HOME too: nothing may be written there either

@@ -287,6 +287,7 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
     assert "./grafana/provisioning" in mounts and "./grafana/dashboards" in mounts
 
 
+@pytest.mark.slow  # check-jsonschema loads the compose spec: seconds
 def test_compose_file_matches_the_compose_spec():
     r = subprocess.run(
         [
@@ -395,7 +396,7 @@ def test_the_service_needs_no_training_data(cfg, model_dir, tmp_path):
     path, job = model_dir
     nodata = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset_path": str(tmp_path / "gone.csv")})})
     served = load_served_model(str(path), nodata)
-    assert served.data_check == "no training data here: the profile logged with the model is used"
+    assert served.data_check == "no training data to compare with: the profile logged with the model is used"
     c = TestClient(create_app(served, nodata))
     r = c.post("/predict", json={"images": job.splits.test.X[:20].tolist()})
     assert r.status_code == 200

@@ -146,6 +146,7 @@ def _items(items) -> dict:
     return {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in items}
 
 
+@pytest.mark.slow  # W&B starts a service process of its own
 def test_wandb_offline_run_records_the_metrics(tiny, tmp_path):
     wb = run_wandb_offline(tiny, directory=tmp_path, progress=False)
     assert wb.run_dir.parent == tmp_path / "wandb" and wb.run_dir.name.startswith("offline-run-")

@@ -1,21 +1,30 @@
 """The runner behind `make workbook`: executes the exercises in order, stops at a failure, says where to look."""
 
-import os
+import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tools" / "run_workbook.py"
+spec = importlib.util.spec_from_file_location("run_workbook", RUNNER)
+run_workbook = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_workbook)
 
 
-def run(*args, tracking_uri):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLOPS_CONFIG": "configs/tiny.yaml"}
-    return subprocess.run(
-        [sys.executable, RUNNER, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900
-    )
+@pytest.fixture
+def run(monkeypatch, capsys):
+    "The runner's `main`, in this process (it starts a kernel per notebook, as from the shell)."
+
+    def go(*args, tracking_uri):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        monkeypatch.setenv("MLOPS_CONFIG", "configs/tiny.yaml")
+        code = run_workbook.main([str(a) for a in args])
+        return subprocess.CompletedProcess(args, code, *capsys.readouterr())
+
+    return go
 
 
 def notebook(path: Path, *sources: str) -> Path:
@@ -24,7 +33,7 @@ def notebook(path: Path, *sources: str) -> Path:
     return path
 
 
-def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracking_uri):
+def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracking_uri, run):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     notebook(nbs / "00_helpers.ipynb", "raise RuntimeError('library notebooks are not exercises')")
@@ -42,7 +51,7 @@ def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracki
     assert executed.cells[0].outputs[0].ename == "ZeroDivisionError"
 
 
-def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri):
+def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri, run):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     notebook(
@@ -57,6 +66,6 @@ def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri):
     assert f"Open the MLflow UI: {tracking_uri}" in r.stdout
 
 
-def test_no_matching_notebooks_is_an_error(tmp_path, tracking_uri):
+def test_no_matching_notebooks_is_an_error(tmp_path, tracking_uri, run):
     r = run("--nbs", tmp_path, tracking_uri=tracking_uri)
     assert r.returncode == 2 and "no exercise notebooks matched" in r.stderr

@@ -43,6 +43,7 @@ def test_there_is_a_pipeline_workflow():
     assert PIPELINE in WORKFLOWS
 
 
+@pytest.mark.slow  # check-jsonschema loads GitHub's schema: seconds a run
 def test_workflows_match_githubs_schema(tmp_path):
     r = run(BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *WORKFLOWS)
     assert r.returncode == 0, r.stdout + r.stderr
