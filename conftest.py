@@ -39,7 +39,20 @@ def _needs_server(item) -> bool:
 
 # The longest files first, so that `pytest -n` does not end waiting on one of them (measured with
 # --durations: the exercises that train the most, then the tests, then the reference notebooks).
-_FIRST = ["06_monitoring", "04_sweep", "03_pipeline", "test_sweep", "test_evaluate", "test_serving", "05_cicd"]
+_FIRST = [
+    "06_monitoring",
+    "04_sweep",
+    "03_pipeline",
+    "test_sweep",
+    "test_evaluate",
+    "test_serving",
+    "05_cicd",
+    "test_pipeline",
+    "02_registry",
+    "test_tracking_server",
+    "01_tracking",
+    "00d_tracking_server",
+]
 
 
 def _cost_rank(item) -> tuple[int, int]:

@@ -65,7 +65,9 @@ def test_image_model_on_tabular_data_is_refused_before_the_run(tracking_uri, tmp
 
 
 def test_same_config_twice_gives_identical_test_metrics(tracking_uri):
-    cfg = load_config(TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false"])
+    cfg = load_config(
+        TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
+    )
     first = train_pipeline(cfg, run_name="repro_1", progress=False)
     second = train_pipeline(cfg, run_name="repro_2", progress=False)
     assert first["run_id"] != second["run_id"]
@@ -75,7 +77,9 @@ def test_same_config_twice_gives_identical_test_metrics(tracking_uri):
 
 
 def test_run_records_what_reproduces_it(tracking_uri):
-    cfg = load_config(TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false"])
+    cfg = load_config(
+        TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
+    )
     result = train_pipeline(cfg, run_name="recorded", progress=False)
     run = MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED"
@@ -104,7 +108,7 @@ def test_failure_after_the_run_started_marks_it_failed_and_exits_1(tracking_uri,
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     (run,) = MlflowClient().search_runs([exp.experiment_id], "attributes.run_name = 'crashes'")
     assert run.info.status == "FAILED"
-    assert not [r for r in all_runs() if r.info.status == "RUNNING"]
+    assert not MlflowClient().search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     assert mlflow.active_run() is None
 
 

@@ -74,6 +74,13 @@ def model_dir(cfg, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bare_model(model_dir, tmp_path_factory):
+    "The same model saved without an input profile, as models were logged before the profile existed."
+    _, job = model_dir
+    return save_torch_model(job.model, job.splits.train.X[:5], tmp_path_factory.mktemp("bare") / "model")
+
+
+@pytest.fixture(scope="module")
 def app(cfg, model_dir):
     return create_app(load_served_model(str(model_dir[0])), cfg)
 
@@ -405,9 +412,9 @@ def test_the_service_needs_no_training_data(cfg, model_dir, tmp_path):
     assert matching.data_check.startswith("the config's data is the model's training data")
 
 
-def test_a_model_without_a_profile_needs_its_own_data(cfg, model_dir, tmp_path):
+def test_a_model_without_a_profile_needs_its_own_data(cfg, model_dir, bare_model, tmp_path):
     _, job = model_dir
-    bare = save_torch_model(job.model, job.splits.train.X[:5], tmp_path / "bare")  # logged without a profile
+    bare = bare_model
     served = load_served_model(bare, cfg)
     assert served.profile == InputProfile.from_training(job.dataset, job.splits.train.X)
     other = tmp_path / "other.csv"
@@ -419,10 +426,12 @@ def test_a_model_without_a_profile_needs_its_own_data(cfg, model_dir, tmp_path):
         load_served_model(bare)
 
 
-def test_a_logged_model_without_a_profile_is_checked_against_its_data_digest(tracking_uri, cfg, model_dir, tmp_path):
+def test_a_logged_model_without_a_profile_is_checked_against_its_data_digest(
+    tracking_uri, cfg, model_dir, bare_model, tmp_path
+):
     _, job = model_dir
     mlflow.set_experiment("tests_serving")
-    bare = save_torch_model(job.model, job.splits.train.X[:5], tmp_path / "bare")  # logged without a profile
+    bare = bare_model
     with mlflow.start_run() as run:
         mlflow.log_param("dataset_digest", job.dataset.digest)
         mlflow.log_artifacts(bare, "model")

@@ -147,6 +147,7 @@ def test_best_is_one_child_and_moves_when_a_better_trial_arrives(tracking_uri):
     flags = {r: client.get_run(r).data.tags.get("is_best") for r in (a, b, c, d)}
     assert flags == {a: None, b: None, c: None, d: "true"}  # the old best lost its tag
     assert client.get_run(parent).data.tags["best.training.learning_rate"] == "0.4"
+    client.set_terminated(parent)  # leave nothing RUNNING
 
 
 def test_tpe_workers_share_one_study(tracking_uri):
