@@ -19,10 +19,10 @@ from .drift import InputProfile
 from .registry import ModelLoadError, ModelRef, load_model, model_metadata, resolve_model_uri
 
 # %% auto #0
-__all__ = ["log", "ServedModel", "input_profile", "load_served_model"]
+__all__ = ["ServedModel", "input_profile", "load_served_model"]
 
 # %% ../nbs/06a_served_model.ipynb #b0452146
-log = logging.getLogger("mlops_day28.serving")
+_log = logging.getLogger("mlops_day28.serving")
 
 
 @dataclass
@@ -64,12 +64,12 @@ class ServedModel:
                         return self.eager(f"the traced model answers differently for a batch of {n}")
         except Exception as e:  # tracing refuses many models; serving them as loaded is still correct
             return self.eager(f"TorchScript cannot trace it ({type(e).__name__}: {e})")
-        log.info("serving %s v%s with TorchScript (traced and frozen)", self.name, self.version)
+        _log.info("serving %s v%s with TorchScript (traced and frozen)", self.name, self.version)
         return replace(self, module=traced, inference="torchscript", note="")
 
     def eager(self, why: str) -> ServedModel:
         "This model, served as loaded; `why` is logged as a warning and reported by /health."
-        log.warning("serving %s v%s as loaded, about 3x slower: %s", self.name, self.version, why)
+        _log.warning("serving %s v%s as loaded, about 3x slower: %s", self.name, self.version, why)
         return replace(self, inference="eager", note=why)
 
 
@@ -97,7 +97,7 @@ def input_profile(ref: ModelRef, cfg: Config | None = None) -> tuple[InputProfil
         if ds.digest == profile.dataset_digest:
             return profile, f"the config's data is the model's training data (sha256 {ds.digest[:12]})"
         check = f"the config's data (sha256 {ds.digest[:12]}) is not the model's training data (sha256 {profile.dataset_digest[:12]})"
-        log.warning("%s: the profile logged with the model is used", check)
+        _log.warning("%s: the profile logged with the model is used", check)
         return profile, check
     if ds is None:
         raise ModelLoadError(
