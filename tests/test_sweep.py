@@ -204,3 +204,21 @@ def test_cli_runs_a_sweep_and_reports_the_best(tracking_uri, capsys):
     assert "best: {" in r.stdout
     assert cli.sweep([*map(str, args), "--n-jobs", "2"]) == 0  # the same command again, in this process
     assert "0 trials run, 4 already done" in capsys.readouterr().out
+
+
+def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(tracking_uri, monkeypatch, capsys):
+    "A worker process that dies ends the sweep with exit code 1 (it was not the input's fault), one line, the parent FAILED."
+    import os
+
+    from mlops_day28 import tpe
+
+    monkeypatch.setattr(tpe, "tpe_worker", lambda *args: os._exit(3))  # forked workers inherit the patch
+    name = f"crash_{uuid.uuid4().hex[:8]}"
+    args = ["--config", str(TINY), "--strategy", "tpe", "--n-jobs", "2", "--n-trials", "2", "--no-progress"]
+    overrides = ["experiment_name=tests_sweep", f"sweep.name={name}", f"sweep.storage={STORAGE}"]
+    code = cli.sweep([*args, *[x for o in overrides for x in ("--set", o)]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "a TPE worker exited with code [3, 3]" in err[0] and "finished trials are kept" in err[0]
+    parent = sweep.find_sweep(name, "tests_sweep")
+    assert MlflowClient().get_run(parent).info.status == "FAILED"
