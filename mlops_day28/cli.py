@@ -27,22 +27,31 @@ def run(
     prog: str,  # the command's name, for messages
 ) -> int:
     "Run `app` on `argv`; the exit code, with every error printed as one line."
+    from mlops_day28.lifecycle import bound_mlflow_waits, terminate_as_interrupt
+
+    bound_mlflow_waits()  # a tracking server that is gone is named in seconds, not minutes (see 00h_lifecycle)
+    stopped: dict = {}
     try:
-        code = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
+        with terminate_as_interrupt(stopped):  # SIGTERM unwinds like Ctrl-C: every run on the way out ends KILLED
+            code = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
     except typer.TyperException as e:  # a bad argument: Typer (click) found it before anything ran
         report(f"{e.format_message()} (see {prog} --help)")
         return e.exit_code
     except MlopsError as e:
         report(e)
-        return e.exit_code
+        code = e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        report("interrupted")
-        return 130
+        code = 130
     except Exception as e:
         if os.environ.get("MLOPS_DEBUG"):
             raise
         report(f"{prog}: unexpected {type(e).__name__}: {e} (MLOPS_DEBUG=1 shows the traceback)")
         return 1
+    if stopped:  # Typer turns the interrupt into exit code 130; a shell expects 128 + the signal
+        report("terminated (SIGTERM); a run that was open is marked KILLED")
+        return 143
+    if code == 130:
+        report("interrupted; a run that was open is marked KILLED")
     return code if isinstance(code, int) else 0
 
 
@@ -95,34 +104,32 @@ _mlflow_app = typer.Typer(help="The workbook's local MLflow tracking server.", *
 @_mlflow_app.command("start")
 def _start(port: _PortOpt = None, root: _RootOpt = None) -> None:
     "Start the local MLflow server (or find it running)."
+    from mlops_day28.lifecycle import tidy_runs
     from mlops_day28.tracking_server import start_tracking_server
 
     srv = start_tracking_server(port=port, root=root)
     extra = f" (pid {srv.pid}, state in {srv.root})" if srv.started else ""
     print(f"MLflow server {'started' if srv.started else 'already running'}: {srv.uri}{extra}")
+    closed = tidy_runs(srv.uri, root)  # runs left open by a crash, a kill or a server that vanished
+    if closed:
+        print(f"closed {len(closed)} run{'s' if len(closed) > 1 else ''} left open (tag mlops.closed_reason says why)")
 
 
 @_mlflow_app.command("stop")
 def _stop(root: _RootOpt = None) -> None:
-    "Stop the server this project started, by its recorded process id."
+    "Stop this project's server: every process of it, found by record, process group, port and database."
     from mlops_day28.tracking_server import stop_tracking_server
 
-    print(
-        "MLflow server stopped"
-        if stop_tracking_server(root)
-        else "no running MLflow server recorded in .mlflow/server.json"
-    )
+    print(stop_tracking_server(root) or "no running MLflow server recorded in .mlflow/server.json")
 
 
 @_mlflow_app.command("status")
 def _status(port: _PortOpt = None, root: _RootOpt = None) -> int:
-    "Say whether an MLflow server answers; exit 1 if none does."
-    from mlops_day28.tracking_server import HOST, mlflow_version_at, port_from_env, recorded_server
+    "Say whether an MLflow server answers, and which of this project's processes serve it; exit 1 if none answers."
+    from mlops_day28.tracking_server import server_status
 
-    rec = recorded_server(root)
-    uri = rec.uri if rec else f"http://{HOST}:{port or port_from_env()}"
-    version = mlflow_version_at(uri)
-    print(f"MLflow {version} at {uri}{f' (pid {rec.pid})' if rec else ''}" if version else f"no MLflow server at {uri}")
+    version, line = server_status(root, port)
+    print(line)
     return 0 if version else 1
 
 

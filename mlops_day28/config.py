@@ -9,6 +9,7 @@ import copy
 import difflib
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ _all_ = ["Config", "find_project_root", "flatten_config"]  # the schema's names 
 
 # %% auto #0
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_YAML_ALIASES",
+    "MAX_YAML_VALUES",
+    "MAX_ERRORS",
+    "MAX_OVERRIDE_CHARS",
     "ConfigError",
     "config_from_dict",
     "load_config",
@@ -33,10 +39,41 @@ __all__ = [
     "flatten_config",
 ]
 
-
 # %% ../nbs/00_config.ipynb #17eb23cf
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything bigger is the wrong file
+MAX_YAML_ALIASES = 100  # the configs in configs/ use none
+MAX_YAML_VALUES = 10_000  # values a document with aliases may stand for, each alias expanded
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    "SafeLoader that reads `1e-3` as a float, as YAML 1.2 does."
+    "SafeLoader that reads `1e-3` as a float, as YAML 1.2 does, and refuses a YAML bomb."
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._sizes = {}  # id(node) -> how many values it stands for, its aliases expanded
+
+    def compose_node(self, parent, index):
+        "Compose the next node as SafeLoader does; a `ConfigError` once aliases exceed the limits."
+        alias = self.check_event(yaml.AliasEvent)
+        line = self.peek_event().start_mark.line + 1
+        bomb = "a config needs none; is this a YAML bomb?"
+        if alias:
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"too many YAML aliases (over {MAX_YAML_ALIASES}) at line {line}: {bomb}")
+        node = super().compose_node(parent, index)
+        if id(node) in self._sizes:  # an alias of a node composed before: it stands for all of that node
+            return node
+        if alias:  # an alias of a node still being composed: the node contains itself
+            raise ConfigError(f"a YAML alias at line {line} refers to the node that contains it: {bomb}")
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        size = self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
+        if self._aliases and size > MAX_YAML_VALUES:
+            raise ConfigError(f"YAML aliases expand to over {MAX_YAML_VALUES:,} values at line {line}: {bomb}")
+        return node
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -70,6 +107,17 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+_repr = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 8, 8, 60, 60
+MAX_ERRORS = 5  # bad keys described in one message; the rest are counted
+
+
+def _short(value: object, limit: int = 80) -> str:
+    "`repr(value)`, cut to about `limit` characters: a huge value must not make a huge message."
+    text = _repr.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _describe(err: dict) -> str:
     "One pydantic error as `key: problem`."
     loc = tuple(err["loc"])
@@ -82,7 +130,7 @@ def _describe(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] in ("model_type", "model_attributes_type"):
         msg = "should be a mapping of keys to values"
-    got = "" if err["type"] in ("value_error", "model_type") else f" (got {err['input']!r})"
+    got = "" if err["type"] in ("value_error", "model_type") else f" (got {_short(err['input'])})"
     return f"{key}: {msg}{got}"
 
 
@@ -97,9 +145,28 @@ def config_from_dict(
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(where + "; ".join(_describe(err) for err in e.errors())) from None
+        errors = e.errors()
+        more = [f"and {len(errors) - MAX_ERRORS} more"] if len(errors) > MAX_ERRORS else []
+        raise ConfigError(where + "; ".join([_describe(err) for err in errors[:MAX_ERRORS]] + more)) from None
     cfg._source = Path(source).resolve() if source else None
     return cfg
+
+
+def _read_text(path: Path) -> str:
+    "The text of the config file at `path`; a `ConfigError` if it is too big, binary, or not UTF-8."
+    size = path.stat().st_size  # before reading: a config that is a 5 GB file is refused without reading it
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the file is {size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit for a config")
+    with path.open("rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since stat
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the file is over the {MAX_CONFIG_BYTES:,}-byte limit for a config")
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: a binary file, not YAML (NUL byte at offset {raw.index(0)})")
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
 
 
 def load_config(
@@ -110,8 +177,11 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (working directory: {Path.cwd()})")
+    text = _read_text(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        data = yaml.load(text, Loader=_Yaml12Loader)
+    except ConfigError as e:  # the loader's own refusals (a YAML bomb) do not know the file
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -126,6 +196,9 @@ def load_config(
 
 
 # %% ../nbs/00_config.ipynb #9aa98e17
+MAX_OVERRIDE_CHARS = 10_000  # one --set value; a config value is a number, a name or a short list
+
+
 def apply_overrides(
     data: dict,  # the parsed YAML
     overrides: list[str],  # `dotted.key=value` strings
@@ -134,16 +207,21 @@ def apply_overrides(
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
+        if len(item) > MAX_OVERRIDE_CHARS:
+            what = f"--set {_short(key.strip(), 60)}{'=...' if sep else ''}"
+            raise ConfigError(f"{what}: {len(item):,} characters, over the {MAX_OVERRIDE_CHARS:,}-character limit")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. training.learning_rate=0.01")
+            raise ConfigError(f"--set {_short(item)}: expected key.sub=value, e.g. training.learning_rate=0.01")
         try:
             value = yaml.load(raw, Loader=_Yaml12Loader)
+        except ConfigError as e:  # a YAML bomb in the value
+            raise ConfigError(f"--set {_short(key.strip())}: {e}") from None
         except yaml.YAMLError:
             value = raw
         try:
             set_dotted(data, key.strip(), value)
         except ValueError as e:
-            raise ConfigError(f"--set {item!r}: {e}") from None
+            raise ConfigError(f"--set {_short(item)}: {e}") from None
     return data
 
 

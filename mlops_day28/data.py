@@ -232,6 +232,14 @@ class DataSplits:
     def sizes(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("train", "val", "test")}
 
+    @property
+    def digest(self) -> str:
+        "Which rows went to which split (16 hex digits): two models with the same digest were tested on the same rows."
+        h = hashlib.sha256()
+        for part in (self.train, self.val, self.test):
+            h.update(np.asarray(part.index, dtype=np.int64).tobytes() + b"|")
+        return h.hexdigest()[:16]
+
 
 def split_dataset(
     ds: Dataset,  # the data to split

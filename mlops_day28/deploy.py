@@ -31,7 +31,7 @@ def deploy_model(
     folder = Path(folder)
     if not (folder / "MLmodel").exists():
         raise InputError(f"{folder}: not an MLflow model folder (no MLmodel file in it)")
-    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.seed).test  # bad data stops here
+    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test  # bad data stops here
     check_tracking_server(tracking_uri, "DEPLOY_MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(f"{cfg.experiment_name}_deployments")

@@ -153,7 +153,7 @@ def evaluate_uri(
     bars = cfg.model_tests
     threshold = bars.min_accuracy if threshold is None else threshold
     margin = bars.baseline_margin if margin is None else margin
-    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.seed).test
+    test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test
     candidate = load_model(model_uri)
     reference = load_model(baseline_uri) if baseline_uri else None
     metrics = evaluate_model(candidate, test.X, test.y)

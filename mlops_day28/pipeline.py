@@ -13,19 +13,36 @@ import mlflow
 import mlops_day28
 
 from .config import Config, flatten_config
+from .coordination import ensure_experiment, owner_tags
 from .errors import InputError
+from .lifecycle import closing_run
 from .promotion import promote_if_better
 from .registry import CHALLENGER, CHAMPION, RegistryError, load_model, register_run_model, version_for_alias
 from .tracking import git_tags, train_and_log
 from .training import TrainingJob, prepare_training
 
 # %% auto #0
-__all__ = ["PipelineInputError", "init_from_champion", "train_pipeline"]
+__all__ = ["PipelineInputError", "require_champion_split", "init_from_champion", "train_pipeline"]
 
 
 # %% ../nbs/03_pipeline.ipynb #2fb8038a
 class PipelineInputError(InputError):
     "The registry state cannot be trained from (exit code 2); found before any run is created."
+
+
+def require_champion_split(name: str, split_digest: str) -> None:
+    "A `PipelineInputError` if `name`'s champion was tested on another split than `split_digest` (the gate would refuse)."
+    try:
+        champion = version_for_alias(name, CHAMPION)
+    except RegistryError:
+        return  # no such model yet: the first version starts it
+    theirs = champion.tags.get("split_digest") if champion else None
+    if theirs and theirs != split_digest:
+        raise PipelineInputError(
+            f"champion v{champion.version} of {name!r} was tested on split {theirs}, this config splits the data as "
+            f"{split_digest}: the gate could not compare them fairly. Use the champion's data.dataset_path, "
+            "data.splits and data.split_seed, or another registry.model_name"
+        )
 
 
 def init_from_champion(job: TrainingJob) -> str:
@@ -62,12 +79,30 @@ def train_pipeline(
     "Train, evaluate and log the model `cfg` describes; register it as challenger and gate it if configured."
     job = job or prepare_training(cfg)  # bad data or model settings raise an InputError here, before any run
     pretrained_from = init_from_champion(job) if cfg.model.pretrained else None
-    mlflow.set_experiment(cfg.experiment_name)
-    tags = {**git_tags(cfg.root), "mlops_day28.version": mlops_day28.__version__, "pipeline": "train_pipeline"}
+    if cfg.registry.register_challenger:
+        require_champion_split(
+            cfg.registry.model_name, job.splits.digest
+        )  # before any run: an unfair gate is bad input
+    exp_id = ensure_experiment(cfg.experiment_name)  # by id: concurrent pipelines all log where they should
+    mlflow.set_experiment(experiment_id=exp_id)
+    tags = {
+        **git_tags(cfg.root),
+        **owner_tags(),  # whose process this run is: the reconciler closes it if that process dies
+        "mlops_day28.version": mlops_day28.__version__,
+        "pipeline": "train_pipeline",
+    }
     if pretrained_from:
         tags["pretrained_from"] = f"models:/{cfg.registry.model_name}/{pretrained_from}"
-    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags=tags) as run:
-        params = {**flatten_config(cfg), "dataset_digest": job.dataset.digest, "device": str(job.device)}
+    params = {
+        **flatten_config(cfg),
+        "dataset_digest": job.dataset.digest,
+        "split_digest": job.splits.digest,
+        "device": str(job.device),
+    }
+    with (
+        mlflow.start_run(experiment_id=exp_id, run_name=run_name or cfg.tracking.run_name, tags=tags) as run,
+        closing_run(run.info.run_id, "training", cfg.root),  # KILLED on Ctrl-C/SIGTERM; FAILED, and why, on errors
+    ):
         mlflow.log_params(params)
         if cfg.source:
             mlflow.log_artifact(str(cfg.source), "config")
@@ -99,6 +134,7 @@ def train_pipeline(
             min_accuracy=r.min_accuracy,
             min_improvement=r.min_improvement,
             min_relative_improvement=r.min_relative_improvement,
+            split_digest=job.splits.digest,
         )
         client = mlflow.MlflowClient()
         client.set_tag(run.info.run_id, "registered_version", mv.version)

@@ -23,12 +23,17 @@ from mlops_day28.registry import (
     version_for_alias,
 )
 
+from .coordination import server_lock
+from .errors import MlopsError
+
 # %% auto #0
 __all__ = [
     "decide",
     "GateDecision",
     "evaluate_version",
     "champion_history",
+    "SplitMismatch",
+    "check_same_split",
     "promote_if_better",
     "update_model_description",
     "rollback",
@@ -90,6 +95,27 @@ def _set_champion(name: str, version: str, history: list[str]) -> None:
     c.set_registered_model_alias(name, CHAMPION, version)
 
 
+class SplitMismatch(RegistryError):
+    "Champion and challenger were tested on different rows; scoring both on one split would not be fair (exit code 2)."
+
+
+def check_same_split(name: str, champion, challenger, split_digest: str | None = None) -> None:
+    "Refuse (`SplitMismatch`) unless the two versions, and the (X, y) given, share one test split."
+    mine = challenger.tags.get("split_digest")
+    if split_digest and mine and split_digest != mine:
+        raise SplitMismatch(
+            f"the test split given (split {split_digest}) is not the one v{challenger.version} of {name!r} "
+            f"was tested on (split {mine}); use the same data.dataset_path, data.splits and data.split_seed"
+        )
+    theirs = champion.tags.get("split_digest") if champion else None
+    if mine and theirs and mine != theirs:
+        raise SplitMismatch(
+            f"champion v{champion.version} of {name!r} was tested on split {theirs} and v{challenger.version} "
+            f"on split {mine}: each would be scored on rows the other trained on. Train with the champion's "
+            "data.dataset_path, data.splits and data.split_seed (or rollback / a new registry.model_name)"
+        )
+
+
 def promote_if_better(
     name: str,
     X: np.ndarray,
@@ -98,43 +124,63 @@ def promote_if_better(
     min_accuracy: float = 0.9,  # the first champion needs this
     min_improvement: float = 0.0,  # a challenger must beat the champion by more than this
     min_relative_improvement: float = 0.0,  # ... and by this fraction of the champion's accuracy
+    split_digest: str | None = None,  # which split (X, y) is (`DataSplits.digest`); checked when given
 ) -> GateDecision:
     "Move `champion` to the challenger only if it wins on (X, y); record the scores and decision as tags."
-    c = MlflowClient()
     challenger = get_version(name, require_alias(name, CHALLENGER) if version is None else version)
-    champion = version_for_alias(name, CHAMPION)
-    if champion and champion.version == challenger.version:
-        acc = evaluate_version(name, challenger.version, X, y)
-        return GateDecision(False, challenger.version, acc, champion.version, acc, "already the champion")
-    acc = evaluate_version(name, challenger.version, X, y)
-    champ_acc = evaluate_version(name, champion.version, X, y) if champion else None
-    promoted, reason = decide(acc, champ_acc, min_accuracy, min_improvement, min_relative_improvement)
-    if champion:
-        reason = reason.replace("vs champion", f"vs champion v{champion.version}")
-    decision = GateDecision(
-        promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
+    acc, scores = None, {}
+    for _ in range(10):  # a compare-and-set: re-score whenever another command moved the champion meanwhile
+        champion = version_for_alias(name, CHAMPION)
+        check_same_split(name, champion, challenger, split_digest)
+        if acc is None:
+            acc = evaluate_version(name, challenger.version, X, y)
+        if champion and champion.version == challenger.version:
+            return GateDecision(False, challenger.version, acc, champion.version, acc, "already the champion")
+        if champion and champion.version not in scores:
+            scores[champion.version] = evaluate_version(name, champion.version, X, y)
+        champ_acc = scores[champion.version] if champion else None
+        promoted, reason = decide(acc, champ_acc, min_accuracy, min_improvement, min_relative_improvement)
+        if champion:
+            reason = reason.replace("vs champion", f"vs champion v{champion.version}")
+        decision = GateDecision(
+            promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
+        )
+        if not promoted:  # a rejection stands even if the champion moved: a new champion beat the old one
+            _record(name, decision)
+            return decision
+        with server_lock(f"gate.{name}"):
+            now = version_for_alias(name, CHAMPION)
+            if (now.version if now else None) != decision.champion:
+                continue  # the champion changed since it was read: compare with the new one
+            _record(name, decision)
+            _set_champion(name, challenger.version, champion_history(name) + ([now.version] if now else []))
+        update_model_description(name)
+        return decision
+    raise MlopsError(
+        f"the champion of {name!r} kept changing while v{challenger.version} was scored; run the gate again"
     )
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _record(name: str, d: GateDecision) -> None:
+    "Write the gate's numbers and decision as tags on the challenger (and the champion it met)."
+    c, stamp = MlflowClient(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    acc, champ_acc = d.challenger_accuracy, d.champion_accuracy
     for k, v in {
-        "gate.decision": "promoted" if promoted else "rejected",
+        "gate.decision": "promoted" if d.promoted else "rejected",
         "gate.accuracy": f"{acc:.4f}",
-        "gate.compared_with": f"v{champion.version}" if champion else "none",
+        "gate.compared_with": f"v{d.champion}" if d.champion else "none",
         "gate.compared_accuracy": f"{champ_acc:.4f}" if champ_acc is not None else "none",
-        "gate.reason": reason,
+        "gate.reason": d.reason,
         "gate.time": stamp,
     }.items():
-        c.set_model_version_tag(name, challenger.version, k, v)
-    if champion:
+        c.set_model_version_tag(name, d.challenger, k, v)
+    if d.champion:
         c.set_model_version_tag(
             name,
-            champion.version,
+            d.champion,
             "gate.last_challenge",
-            f"v{challenger.version} {'won' if promoted else 'lost'} at {stamp} ({acc:.4f} vs {champ_acc:.4f})",
+            f"v{d.challenger} {'won' if d.promoted else 'lost'} at {stamp} ({acc:.4f} vs {champ_acc:.4f})",
         )
-    if promoted:
-        _set_champion(name, challenger.version, champion_history(name) + ([champion.version] if champion else []))
-        update_model_description(name)
-    return decision
 
 
 # %% ../nbs/02a_promotion.ipynb #e667b48c

@@ -178,6 +178,8 @@ def describe_version(name: str, version: str | int) -> ModelVersion:
     arch = p.get("architecture") or p.get("model.architecture", "?")
     acc, loss = m.get("test_accuracy"), m.get("test_loss")
     tags = {"run_id": mv.run_id, "run_name": run.info.run_name, "architecture": arch, "dataset_digest": digest}
+    if p.get("split_digest"):
+        tags["split_digest"] = p["split_digest"]  # which rows it was tested on: the gate compares only like with like
     tags.update({k: f"{v:.4f}" for k, v in (("test_accuracy", acc), ("test_loss", loss)) if v is not None})
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, v)

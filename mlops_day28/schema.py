@@ -84,6 +84,9 @@ class DataConfig(_Section):
     label_column: str = "label"  # the CSV column holding the class
     image_size: int | None = Field(None, gt=0)  # resize folder images to this square size (default: keep their size)
     splits: SplitsConfig = SplitsConfig()
+    # The split is a property of the data, not of a training run: every model trained with the same
+    # dataset, fractions and split_seed is tested on the same rows, so the gate can compare them fairly.
+    split_seed: int = 42
 
 
 class ModelConfig(_Section):
@@ -106,6 +109,9 @@ class TrainingConfig(_Section):
     scheduler: Literal["none", "cosine", "step"] = "none"
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int | None = Field(None, gt=0)  # stop after this many epochs without a better val loss
+    # torch threads while training: the pipeline, every sweep trial and the tests use this one setting, so the
+    # same config gives the same numbers from every command (float sums depend on how work is split over threads)
+    torch_threads: int = Field(1, gt=0)
 
 
 class TrackingConfig(_Section):
@@ -210,7 +216,7 @@ class Config(_Section):
     "The whole configuration of a training run."
 
     experiment_name: str = "week5_project_optimization"  # MLflow experiment the runs go to
-    seed: int = 42  # seeds Python, NumPy and torch, and the data splits
+    seed: int = 42  # seeds Python, NumPy and torch (weights, dropout, shuffling); the split has data.split_seed
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -110,7 +110,7 @@ def input_profile(ref: ModelRef, cfg: Config | None = None) -> tuple[InputProfil
             f"{ref.uri} was trained on data sha256 {expected[:12]}, but {ds.source} has sha256 {ds.digest[:12]}: "
             "point data.dataset_path at the model's training data"
         )
-    profile = InputProfile.from_training(ds, split_dataset(ds, cfg.data.splits, seed=cfg.seed).train.X)
+    profile = InputProfile.from_training(ds, split_dataset(ds, cfg.data.splits, seed=cfg.data.split_seed).train.X)
     return profile, "made from the config's data (the model was logged without a profile)"
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import sys
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -20,21 +19,32 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from tqdm.auto import tqdm
 
+from mlops_day28.trials import (
+    TrialResult,
+    abandon_dead_trials,
+    die_with_parent,
+    grid_points,
+    mp_context,
+    run_trial,
+    stop_workers,
+    sweep_children,
+    trial_key,
+)
+
 from .config import Config, flatten_config
+from .coordination import ensure_experiment, heartbeat, owner_tags, presumed_dead, server_lock
 from .errors import InputError
+from .lifecycle import closing_run
 from .plots import plot_heatmaps, plot_parallel_coordinates
 from .tracking import git_tags
-from .trials import TrialResult, grid_points, run_trial, trial_key
 
 # %% auto #0
 __all__ = [
     "SweepError",
     "find_sweep",
-    "sweep_children",
     "start_sweep",
     "results_table",
     "mark_best",
-    "mp_context",
     "run_trials",
     "SweepResult",
     "finish_sweep",
@@ -67,48 +77,43 @@ def find_sweep(name: str, experiment_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def sweep_children(parent_run_id: str) -> list:
-    "The child runs (trials) of a sweep, oldest first."
-    parent = MlflowClient().get_run(parent_run_id)
-    return list(
-        reversed(
-            MlflowClient().search_runs(
-                [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
-            )
-        )
-    )
-
-
 def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
-    "Create the sweep's parent run, or reopen it to resume; returns (parent run id, experiment id, resumed)."
+    "Claim the sweep's name: create its parent run, or take over a dead one to resume. Returns (parent, experiment, resumed)."
     client, name, digest = MlflowClient(), cfg.sweep.name, _config_digest(cfg)
-    exp = mlflow.get_experiment_by_name(cfg.experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment_name)
-    parent_id = find_sweep(name, cfg.experiment_name)
-    if parent_id:
-        tags = client.get_run(parent_id).data.tags
-        if tags.get("sweep.strategy") != strategy or tags.get("sweep.config_digest") != digest:
-            raise SweepError(
-                f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
-                f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
-                f"results: set another sweep.name (e.g. --set sweep.name={name}_2)"
-            )
-        client.update_run(parent_id, status="RUNNING")
-        for child in sweep_children(parent_id):
-            if child.info.status == "RUNNING":
-                client.set_terminated(child.info.run_id, "KILLED")  # left by a crash
-        return parent_id, exp_id, True
-    run = client.create_run(
-        exp_id,
-        run_name=name,
-        tags={
-            **git_tags(cfg.root),
-            "sweep.name": name,
-            "sweep.role": "parent",
-            "sweep.strategy": strategy,
-            "sweep.config_digest": digest,
-        },
-    )
+    exp_id = ensure_experiment(cfg.experiment_name)
+    with server_lock(f"sweep.{exp_id}.{name}"):  # find-or-create is atomic: one parent per name, ever
+        parent_id = find_sweep(name, cfg.experiment_name)
+        if parent_id:
+            parent = client.get_run(parent_id)
+            tags = parent.data.tags
+            if tags.get("sweep.strategy") != strategy or tags.get("sweep.config_digest") != digest:
+                raise SweepError(
+                    f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
+                    f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
+                    f"results: set another sweep.name (e.g. --set sweep.name={name}_2)"
+                )
+            if parent.info.status == "RUNNING" and not presumed_dead(tags):
+                raise SweepError(
+                    f"sweep {name!r} is running now (pid {tags.get('mlops.pid', '?')} on {tags.get('mlops.host', '?')}); "
+                    "refusing to start a second one of the same name: wait for it to finish (this command then "
+                    f"resumes it), or set another sweep.name (e.g. --set sweep.name={name}_2)"
+                )
+            client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])  # ours now
+            client.update_run(parent_id, status="RUNNING")
+            abandon_dead_trials(sweep_children(parent_id), client)
+            return parent_id, exp_id, True
+        run = client.create_run(
+            exp_id,
+            run_name=name,
+            tags={
+                **git_tags(cfg.root),
+                **owner_tags(),
+                "sweep.name": name,
+                "sweep.role": "parent",
+                "sweep.strategy": strategy,
+                "sweep.config_digest": digest,
+            },
+        )
     client.log_batch(
         run.info.run_id,
         params=[
@@ -173,11 +178,6 @@ def mark_best(parent_run_id: str) -> pd.Series | None:
 
 
 # %% ../nbs/04_sweep.ipynb #fa079be0
-def mp_context():
-    "Fork on Linux (workers start at once); spawn elsewhere."
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-
-
 def run_trials(
     cfg: Config,
     points: list[dict],
@@ -197,15 +197,26 @@ def run_trials(
     )
     results = []
     if n_jobs == 1 or len(points) <= 1:
-        for p in points:
-            results.append(run_trial(*args, p, parent_run_id, experiment_id, dict(tags)))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp_context()) as pool:
-            futures = [pool.submit(run_trial, *args, p, parent_run_id, experiment_id, dict(tags)) for p in points]
-            for f in as_completed(futures):
-                results.append(f.result())
+        with heartbeat(parent_run_id):
+            for p in points:
+                results.append(run_trial(*args, p, parent_run_id, experiment_id, dict(tags)))
                 bar.update()
+    else:
+        pool = ProcessPoolExecutor(
+            max_workers=n_jobs, mp_context=mp_context(), initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        try:
+            futures = [pool.submit(run_trial, *args, p, parent_run_id, experiment_id, dict(tags)) for p in points]
+            with heartbeat(parent_run_id):  # a thread: started only after the workers were forked
+                for f in as_completed(futures):
+                    results.append(f.result())
+                    bar.update()
+        except BaseException:  # Ctrl-C, SIGTERM, or a worker that failed: stop the others now, not after their trials
+            workers = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_workers(workers)
+            raise
+        pool.shutdown()
     bar.close()
     order = {trial_key(p): i for i, p in enumerate(points)}
     return sorted(results, key=lambda r: order[trial_key(r.values)])
@@ -265,7 +276,7 @@ def run_grid_sweep(
     "Run every point of `cfg.sweep.grid` as a child run of one parent; skip points a previous call finished."
     points = grid_points(cfg.sweep.grid)
     parent_id, exp_id, resumed = start_sweep(cfg, "grid")
-    try:
+    with closing_run(parent_id, "the sweep", cfg.root):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
         done = {
             c.data.tags.get("sweep.trial_key")
             for c in sweep_children(parent_id)
@@ -281,7 +292,4 @@ def run_grid_sweep(
             n_jobs or cfg.sweep.n_jobs,
             progress,
         )
-    except BaseException as e:
-        MlflowClient().set_terminated(parent_id, "FAILED" if isinstance(e, Exception) else "KILLED")
-        raise
     return finish_sweep(cfg, parent_id, "grid", ran, len(points) - len(todo), resumed)

@@ -6,16 +6,27 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import Any
 
 import optuna
-from mlflow import MlflowClient
+
+from mlops_day28.trials import (
+    TrialResult,
+    die_with_parent,
+    grid_points,
+    mp_context,
+    run_trial,
+    stop_workers,
+    trial_run_name,
+)
 
 from .config import Config, config_from_dict
+from .coordination import heartbeat
 from .errors import MlopsError
-from .sweep import SweepResult, finish_sweep, mp_context, start_sweep
-from .trials import TrialResult, grid_points, run_trial, trial_run_name
+from .lifecycle import closing_run
+from .sweep import SweepResult, finish_sweep, start_sweep
 
 # %% auto #0
 __all__ = ["storage_url", "suggest_values", "tpe_worker", "run_tpe_sweep"]
@@ -118,6 +129,12 @@ def tpe_worker(
     )
 
 
+def _worker(target, parent_pid: int, *args) -> None:
+    "A TPE worker process that dies with its sweep (see `die_with_parent`)."
+    die_with_parent(parent_pid)
+    target(*args)
+
+
 def run_tpe_sweep(
     cfg: Config,
     n_trials: int | None = None,  # budget (default: sweep.n_trials, else the grid's size)
@@ -128,7 +145,7 @@ def run_tpe_sweep(
     n_jobs = n_jobs or cfg.sweep.n_jobs
     parent_id, exp_id, resumed = start_sweep(cfg, "tpe")
     url, study_name = storage_url(cfg), f"{cfg.experiment_name}/{cfg.sweep.name}"
-    try:
+    with closing_run(parent_id, "the sweep", cfg.root):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
         study = optuna.create_study(
             study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True
         )
@@ -136,21 +153,27 @@ def run_tpe_sweep(
         before = {t.number for t in study.get_trials(deepcopy=False)}
         args = (cfg.model_dump(), str(cfg.source) if cfg.source else None, study_name, url, parent_id, exp_id, n_trials)
         if n_jobs == 1:
-            tpe_worker(*args, cfg.seed)
+            with heartbeat(parent_id):
+                tpe_worker(*args, cfg.seed)
         else:
             worker = importlib.import_module("mlops_day28.tpe").tpe_worker
-            procs = [mp_context().Process(target=worker, args=(*args, cfg.seed + i)) for i in range(n_jobs)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
+            procs = [
+                mp_context().Process(target=_worker, args=(worker, os.getpid(), *args, cfg.seed + i))
+                for i in range(n_jobs)
+            ]
+            try:
+                for p in procs:
+                    p.start()
+                with heartbeat(parent_id):  # a thread: started only after the workers were forked
+                    for p in procs:
+                        p.join()
+            except BaseException:
+                stop_workers([p for p in procs if p.pid is not None])
+                raise
             if any(p.exitcode for p in procs):
                 raise MlopsError(
                     f"a TPE worker exited with code {[p.exitcode for p in procs]}; finished trials are kept"
                 )
-    except BaseException as e:
-        MlflowClient().set_terminated(parent_id, "FAILED" if isinstance(e, Exception) else "KILLED")
-        raise
     trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
     ran = [
         TrialResult(

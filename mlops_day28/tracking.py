@@ -20,8 +20,10 @@ from mlflow.models import infer_signature
 from torch import nn
 
 from .config import Config, find_project_root
-from .data import Dataset
+from .coordination import owner_tags
+from .data import Dataset, DataSplits
 from .drift import InputProfile
+from .lifecycle import UNSENT, closing_run
 from .plots import plot_confusion_matrix, plot_training_curves
 from .training import EpochCallback, History, TrainingJob, predict_proba, prepare_training
 
@@ -68,7 +70,12 @@ class MLflowEpochLogger:
     def flush(self) -> None:
         "Send what is pending, in one call."
         if self._pending:
-            MlflowClient().log_batch(self.run_id, metrics=self._pending)
+            try:
+                MlflowClient().log_batch(self.run_id, metrics=self._pending)
+            except Exception:
+                UNSENT.setdefault(self.run_id, []).extend(self._pending)  # kept for the journal: nothing is lost
+                self._pending = []
+                raise
             self.calls, self._pending = self.calls + 1, []
         self._last_sent = time.monotonic()
 
@@ -108,7 +115,17 @@ def log_dataset(
         dataset = mlflow.data.from_pandas(
             ds.frame(), source=ds.source, targets="label", name=ds.name, digest=ds.digest[:16]
         )
-        mlflow.log_input(dataset, context=context, tags={"sha256": ds.digest})
+        for attempt in range(3):
+            try:
+                mlflow.log_input(dataset, context=context, tags={"sha256": ds.digest})
+                return
+            except mlflow.exceptions.MlflowException as e:
+                # two runs that log the same new dataset at once race to create it on the server; the loser's
+                # retry finds it (MLflow's store checks, then inserts): "UNIQUE constraint failed: datasets..."
+                raced = "UNIQUE constraint failed: datasets" in str(e) or "duplicate key" in str(e)
+                if not raced or attempt == 2:
+                    raise
+                time.sleep(0.2)
 
 
 # %% ../nbs/01_tracking.ipynb #f353bd70
@@ -177,7 +194,7 @@ class TrackedRun:
     registered_version: str | None = None  # its version in the registry, when registered
 
 
-def run_params(cfg: Config, ds: Dataset) -> dict[str, object]:
+def run_params(cfg: Config, ds: Dataset, splits: DataSplits) -> dict[str, object]:
     "The params a training run logs: the course's names, plus the rest of the model and optimiser settings."
     t, m = cfg.training, cfg.model
     return {
@@ -187,6 +204,7 @@ def run_params(cfg: Config, ds: Dataset) -> dict[str, object]:
         "epochs": t.num_epochs,
         "seed": cfg.seed,
         "dataset_digest": ds.digest,
+        "split_digest": splits.digest,
         "optimizer": t.optimizer,
         "scheduler": t.scheduler,
         "dropout": m.dropout,
@@ -252,6 +270,7 @@ def run_tracked_training(
 ) -> TrackedRun:
     "Train the model `cfg` describes inside an MLflow run, logging params, metrics, plots, data and model."
     job = prepare_training(cfg)
-    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags={**git_tags(), **(tags or {})}):
-        mlflow.log_params({**run_params(cfg, job.dataset), "device": str(job.device)})
+    tags = {**git_tags(), **owner_tags(), **(tags or {})}
+    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags=tags) as run, closing_run(run.info.run_id):
+        mlflow.log_params({**run_params(cfg, job.dataset, job.splits), "device": str(job.device)})
         return train_and_log(job, callbacks, progress, registered_model_name)

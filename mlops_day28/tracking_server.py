@@ -5,18 +5,20 @@
 # %% ../nbs/00d_tracking_server.ipynb #65d9df50
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import psutil
 
 from .errors import InputError, MlopsError
-from .processes import HOST, ProcessError, http_get, is_running, port_is_open, start_process, stop_process
+from .processes import HOST, ProcessError, http_get, port_is_open, start_process, stop_process, wait_until
 from .schema import find_project_root
+from .server_processes import FoundServer, scan_server, server_kind
 
 # %% auto #0
 __all__ = [
@@ -27,8 +29,12 @@ __all__ = [
     "state_dir",
     "port_from_env",
     "start_tracking_server",
+    "find_tracking_server",
     "recorded_server",
     "stop_tracking_server",
+    "server_status",
+    "database_users",
+    "reset_refusal",
     "ensure_tracking_server",
     "check_tracking_server",
     "setup_mlflow",
@@ -57,12 +63,15 @@ class TrackingServerError(MlopsError):
 
 @dataclass
 class TrackingServer:
-    "A tracking server: where it answers, and whether (and as which process) we started it."
+    "A tracking server: where it answers, and whether (and as which processes) we started it."
 
     uri: str
-    pid: int | None = None  # process (group) id, when this workbook started it
+    pid: int | None = None  # the launcher's process id, when this workbook started it
     started: bool = False  # True when this call started it; False when it was already running
     root: str | None = None  # folder holding mlflow.db, artifacts/, server.json and server.log
+    pgid: int | None = None  # its process group (the launcher leads one; an old record without it: `pid`)
+    pids: list[int] = field(default_factory=list)  # the launcher and its workers, once it answered
+    port: int | None = None  # the port it listens on (an old record without it: the one in `uri`)
 
 
 def state_dir(root: str | Path | None = None) -> Path:
@@ -91,86 +100,160 @@ def start_tracking_server(
     port = port or port_from_env()
     uri = f"http://{HOST}:{port}"
     state = state_dir(root)
-    running = recorded_server(root)
+    running = find_tracking_server(root)  # also one whose recorded launcher is gone
     if running and running.uri != uri:
         raise TrackingServerError(
-            f"this project's MLflow server is already running at {running.uri} (pid {running.pid}); "
-            f"use it (MLFLOW_PORT={running.uri.rsplit(':', 1)[1]}) or stop it first (make stop)"
+            f"this project's MLflow server is already running at {running.uri or 'no port'} ({running}); "
+            f"use it (MLFLOW_PORT={running.port}) or stop it first (make stop)"
         )
     if port_is_open(port):
         if mlflow_version_at(uri):
-            return TrackingServer(uri=uri, pid=running.pid if running else None, root=str(state))
+            pid = running.launcher if running and not running.launcher_gone else None
+            return TrackingServer(uri=uri, pid=pid, root=str(state), port=port)
         raise TrackingServerError(
             f"port {port} on {HOST} is in use by something that is not an MLflow server "
             f"(on macOS, AirPlay Receiver uses 5000). Pick another port: MLFLOW_PORT={port + 1} make workbook"
         )
     (state / "artifacts").mkdir(parents=True, exist_ok=True)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    cmd = [
-        mlflow_bin or sys.executable,
-        *([] if mlflow_bin else ["-m", "mlflow"]),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{(state / 'mlflow.db').resolve()}",
-        "--artifacts-destination",
-        str((state / "artifacts").resolve()),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    db, artifacts = (state / "mlflow.db").resolve(), (state / "artifacts").resolve()
+    cmd = [mlflow_bin or sys.executable, *([] if mlflow_bin else ["-m", "mlflow"]), "server", "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts)]
+    cmd += ["--host", HOST, "--port", str(port)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    record = state / "server.json"
+    ready, log = lambda: mlflow_version_at(uri) is not None, state / "server.log"
     try:
-        proc = start_process(
-            cmd,
-            "mlflow server",
-            uri,
-            ready=lambda: mlflow_version_at(uri) is not None,
-            timeout=timeout,
-            log=state / "server.log",
-            env=env,
-            cwd=state,
-        )
+        proc = start_process(cmd, "mlflow server", uri, ready, timeout, log, env=env, cwd=state)
     except ProcessError as e:
         raise TrackingServerError(
             f"{e}. If a stale .mlflow/mlflow.db is the cause, `make reset` starts afresh."
         ) from None
-    server = TrackingServer(uri=uri, pid=proc.pid, started=True, root=str(state))
-    record.write_text(json.dumps(asdict(server)))
+    workers = []
+    with contextlib.suppress(psutil.Error):  # the workers it started (none if the launcher just died)
+        workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    # start_new_session: the launcher leads a process group of its own, which its workers stay in
+    server = TrackingServer(uri, proc.pid, True, str(state), pgid=proc.pid, pids=[proc.pid, *workers], port=port)
+    (state / "server.json").write_text(json.dumps(asdict(server)))
     return server
 
 
 # %% ../nbs/00d_tracking_server.ipynb #bfeb66ad
-def _is_mlflow_server(pid: int) -> bool:
-    "Whether `pid` runs `mlflow server` (a recorded pid may have been reused by another program since)."
+def _read_record(state: Path) -> TrackingServer | None:
+    "The record in `state/server.json` as it is (alive or not); fields an older record lacks get their defaults."
     try:
-        cmd = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return "server" in cmd and any(Path(c).name.startswith("mlflow") or c == "mlflow" for c in cmd)
+        data = json.loads((state / "server.json").read_text())
+        rec = TrackingServer(**{k: v for k, v in data.items() if k in {f.name for f in fields(TrackingServer)}})
+        rec.pgid, rec.port = rec.pgid or rec.pid, rec.port or int(rec.uri.rsplit(":", 1)[1].strip("/"))
+        return rec
+    except (OSError, ValueError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def find_tracking_server(
+    root: str | Path | None = None,  # the project whose server to find (default: this one)
+    port: int | None = None,  # also an MLflow-like process listening here (the recorded port always counts)
+) -> FoundServer | None:
+    "This project's server, even when the recorded pid is gone: its process group, its port and its database's users."
+    state = state_dir(root)
+    rec = _read_record(state)
+    found = scan_server(state, rec and rec.pgid, {q for q in (port, rec and rec.port) if q})
+    if not found:
+        return None
+    listening = sorted(set().union(*(ports for _, _, ports in found.values())))
+    at = rec.port if rec and (rec.port in listening or not listening) else (listening or [None])[0]
+    procs, launcher = {pid: why for pid, (_, why, _) in found.items()}, rec and rec.pid
+    return FoundServer(
+        f"http://{HOST}:{at}" if at else "", at, procs, launcher, bool(launcher) and launcher not in procs
+    )
 
 
 def recorded_server(root: str | Path | None = None) -> TrackingServer | None:
-    "The server recorded in `.mlflow/server.json`, if that process is still a running MLflow server."
-    record = state_dir(root) / "server.json"
-    if not record.exists():
-        return None
-    server = TrackingServer(**json.loads(record.read_text()))
-    return server if server.pid and is_running(server.pid) and _is_mlflow_server(server.pid) else None
+    "The server recorded in `.mlflow/server.json`, if that launcher is still a running MLflow server."
+    rec = _read_record(state_dir(root))
+    with contextlib.suppress(psutil.Error):
+        p = psutil.Process(rec.pid) if rec and rec.pid else None
+        if p and p.status() != psutil.STATUS_ZOMBIE and server_kind(p.cmdline()) == "mlflow server":
+            return rec
+    return None
+
+
+# %% ../nbs/00d_tracking_server.ipynb #5c1f7e20
+def _parent(pid: int) -> int | None:
+    "The parent process id of `pid` (None once it is gone)."
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).ppid()
+    return None
 
 
 def stop_tracking_server(
     root: str | Path | None = None,  # the project whose server to stop (default: this one)
-) -> bool:
-    "Stop the server recorded in `.mlflow/server.json`, by its process id; False if none is running."
-    server = recorded_server(root)
-    if server:
-        stop_process(server.pid)
-    (state_dir(root) / "server.json").unlink(missing_ok=True)  # also a stale record: nothing to stop
-    return server is not None
+    timeout: float = 30.0,  # seconds to wait, once they were signalled, for its port to close and mlflow.db to be free
+) -> str | bool:
+    "Stop every process of this project's server by pid; a sentence saying what was stopped, or False if none ran."
+    record = state_dir(root) / "server.json"
+    found = find_tracking_server(root)
+    if not found:
+        record.unlink(missing_ok=True)  # also a stale record: nothing to stop
+        return False
+    for pid in [pid for pid in found.procs if _parent(pid) not in found.procs]:
+        stop_process(pid)  # a root: stop_process takes its children and process group with it
+
+    def stopped() -> bool:
+        return not (found.port and port_is_open(found.port)) and find_tracking_server(root) is None
+
+    try:
+        wait_until(stopped, timeout, "the MLflow server's shutdown", interval=0.5)
+    except ProcessError:
+        left = find_tracking_server(root)
+        raise TrackingServerError(
+            f"the MLflow server at {found.uri} still runs {timeout:.0f} s after it was stopped: "
+            f"{left or f'port {found.port} is still open'}; stop it by hand (kill -9 PID)"
+        ) from None
+    record.unlink(missing_ok=True)
+    pids = ", ".join(map(str, sorted(found.procs)))
+    gone = f"; the recorded launcher {found.launcher} was already gone" if found.launcher_gone else ""
+    return f"stopped the MLflow server at {found.uri or 'no port'} (pid{'s' * (len(found.procs) > 1)} {pids}{gone})"
+
+
+def server_status(
+    root: str | Path | None = None,  # the project whose server to describe (default: this one)
+    port: int | None = None,  # where to ask (default: where its server listens, else $MLFLOW_PORT)
+) -> tuple[str | None, str]:
+    "(the MLflow version answering, or None; one line: what answers, and which of this project's processes run)."
+    found = find_tracking_server(root, port)
+    uri = f"http://{HOST}:{port or (found and found.port) or port_from_env()}"
+    version = mlflow_version_at(uri)
+    what = f"MLflow {version} at {uri}" if version else f"no MLflow server at {uri}"
+    if not found or found.uri not in (uri, ""):  # none of this project's runs, or it runs on another port
+        return version, what + (f" (this project's server is at {found.uri})" if found else "")
+    if not version:
+        return None, f"no MLflow server answers at {uri}, but this project's server still runs: {found} (make stop)"
+    if found.launcher and not found.launcher_gone:
+        return version, f"{what} (pid {found.launcher})"
+    return version, f"{what}, served by {found}; make stop stops it"
+
+
+def database_users(
+    root: str | Path | None = None,  # the project whose .mlflow/mlflow.db counts (default: this one)
+) -> dict[psutil.Process, str]:
+    "The processes using this project's `.mlflow/mlflow.db`: its server's, and any other with the file open; each described."
+    state = state_dir(root)
+    rec = _read_record(state)
+    return {
+        p: why
+        for pid, (p, why, _) in sorted(scan_server(state, rec and rec.pgid, {rec.port} if rec else set(), True).items())
+    }
+
+
+def reset_refusal(root: str | Path | None = None) -> str | None:
+    "Why deleting `.mlflow/` now would pull the database from under a live process (one line); None when it is safe."
+    users = database_users(root)
+    if not users:
+        return None
+    listed = ", ".join(f"pid {p.pid} ({why})" for p, why in users.items())
+    pids = " ".join(str(p.pid) for p in users)
+    uses = "still uses" if len(users) == 1 else "still use"
+    return f"refusing to reset: {listed} {uses} .mlflow/mlflow.db; stop it first (make stop, or kill {pids})"
 
 
 # %% ../nbs/00d_tracking_server.ipynb #43f107a5
@@ -204,10 +287,14 @@ def setup_mlflow(
     "Make sure a tracking server is up, point MLflow at it, and select `experiment_name`."
     import mlflow
 
+    from mlops_day28.coordination import ensure_experiment
+    from mlops_day28.lifecycle import bound_mlflow_waits, tidy_runs
+
+    bound_mlflow_waits()  # a server that vanishes is named in seconds, not minutes
     server = ensure_tracking_server(root)
-    # MLflow draws a progress bar for every artifact download (each model load); keep notebooks readable
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for every model load
     mlflow.set_tracking_uri(server.uri)
+    tidy_runs(server.uri, root)  # close what a crash, a kill or a vanished server left RUNNING (00h_lifecycle)
     if experiment_name:
-        mlflow.set_experiment(experiment_name)
+        mlflow.set_experiment(experiment_id=ensure_experiment(experiment_name))
     return server

@@ -232,7 +232,14 @@ class TrainingJob:
     def fit(self, callbacks: Iterable[EpochCallback] = (), progress: bool = True) -> History:
         "Train the model with the config's training settings (dropout seeded from the config, whatever ran before)."
         torch.manual_seed(self.cfg.seed)
-        return fit(self.model, self.train_loader, self.val_loader, self.cfg.training, self.device, callbacks, progress)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.training.torch_threads)  # one thread policy: every command trains alike
+        try:
+            return fit(
+                self.model, self.train_loader, self.val_loader, self.cfg.training, self.device, callbacks, progress
+            )
+        finally:
+            torch.set_num_threads(threads)
 
     def test_metrics(self) -> dict[str, float]:
         "`test_loss` and `test_accuracy` on the held-out test split."
@@ -246,7 +253,7 @@ def prepare_training(cfg: Config) -> TrainingJob:
     ds = load_dataset(cfg)
     if ds.num_classes != cfg.model.num_classes:
         raise InputError(f"model.num_classes is {cfg.model.num_classes} but {ds.source} has {ds.num_classes} classes")
-    sp = split_dataset(ds, cfg.data.splits, seed=cfg.seed)
+    sp = split_dataset(ds, cfg.data.splits, seed=cfg.data.split_seed)
     model = build_model(cfg.model, sp.train.X, ds.image_shape)
     bs = cfg.training.batch_size
     return TrainingJob(

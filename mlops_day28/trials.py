@@ -6,25 +6,43 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import json
+import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from .config import config_from_dict, flatten_config, with_values
+from .coordination import heartbeat, owner_tags, presumed_dead
+from .lifecycle import Terminated, TrackingServerLost, describe_failure, end_run
 from .tracking import MLflowEpochLogger
 from .training import prepare_training
 
 # %% auto #0
-__all__ = ["SHORT_NAMES", "trial_run_name", "trial_key", "grid_points", "TrialResult", "run_trial"]
+__all__ = [
+    "SHORT_NAMES",
+    "trial_run_name",
+    "trial_key",
+    "grid_points",
+    "TrialResult",
+    "run_trial",
+    "mp_context",
+    "sweep_children",
+    "die_with_parent",
+    "stop_workers",
+    "abandon_dead_trials",
+]
 
 # %% ../nbs/04a_trials.ipynb #83a3925b
 SHORT_NAMES = {
@@ -99,13 +117,16 @@ def _no_run_links():
 
 
 def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start) -> TrialResult:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     client = MlflowClient()
     run = client.create_run(
         experiment_id,
         run_name=(tags or {}).pop("run_name", None) or trial_run_name(values),
-        tags={"mlflow.parentRunId": parent_run_id, "sweep.trial_key": trial_key(values), **(tags or {})},
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "sweep.trial_key": trial_key(values),
+            **owner_tags(),  # the worker that runs it: a resumed sweep leaves it alone while it lives
+            **(tags or {}),
+        },
     )
     rid = run.info.run_id
     try:
@@ -116,7 +137,7 @@ def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, rep
             rid, params=[Param(k, str(v)) for k, v in flatten_config(cfg).items() if not k.startswith("sweep.")]
         )
         job = prepare_training(cfg)
-        with MLflowEpochLogger(run_id=rid) as logger:
+        with heartbeat(rid), MLflowEpochLogger(run_id=rid) as logger:
             hist = job.fit(callbacks=[logger, *([report] if report else [])], progress=False)
         best, now = hist.best, int(time.time() * 1000)
         client.log_batch(
@@ -135,13 +156,85 @@ def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, rep
         client.set_terminated(rid, "FINISHED")
         raise
     except Exception as e:
+        cause = describe_failure(e, client.tracking_uri)
+        if cause:  # the server, not the trial, failed: stop the sweep rather than fail every trial after it
+            end_run(rid, "FAILED", f"trial failed: {cause}")
+            raise TrackingServerLost(f"the sweep stopped: {cause}; finished trials are kept") from e
         error = f"{type(e).__name__}: {e}"
         client.set_tag(rid, "sweep.state", "failed")
         client.set_tag(rid, "error", error[:5000])
         client.set_terminated(rid, "FAILED")
         return TrialResult(values, rid, "failed", error=error)
-    except BaseException:  # Ctrl-C, or the worker being stopped
-        client.set_terminated(rid, "KILLED")
+    except BaseException as e:  # Ctrl-C, SIGTERM, or the sweep's process dying (see `die_with_parent`)
+        end_run(rid, "KILLED", f"trial interrupted ({e or type(e).__name__})")
         raise
-    finally:
-        torch.set_num_threads(threads)
+
+
+# %% ../nbs/04a_trials.ipynb #c7a10002
+def mp_context():
+    "Fork on Linux (workers start at once); spawn elsewhere."
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def sweep_children(parent_run_id: str) -> list:
+    "The child runs (trials) of a sweep, oldest first."
+    parent = MlflowClient().get_run(parent_run_id)
+    return list(
+        reversed(
+            MlflowClient().search_runs(
+                [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+            )
+        )
+    )
+
+
+def die_with_parent(parent_pid: int) -> None:
+    "In a worker process: end with SIGTERM (its trial marked KILLED) when `parent_pid` dies; then exit."
+
+    def terminated(signum, frame):
+        raise Terminated(f"the sweep's process {parent_pid} ended")
+
+    signal.signal(signal.SIGTERM, terminated)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    def watch():  # everywhere, and after the SIGTERM: leave once the parent is gone
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        time.sleep(5.0)  # time for the trial to record KILLED
+        os._exit(143)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+def stop_workers(processes: list, timeout: float = 15.0) -> None:
+    "SIGTERM worker processes (each ends its trial as KILLED); SIGKILL those still running after `timeout` s."
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]:
+    "Close and delete every child that did not complete and whose worker is provably dead; their points run again."
+    unfinished = [
+        c for c in children if not (c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete")
+    ]
+    deadline = time.monotonic() + wait
+    while any(c.info.status == "RUNNING" and not presumed_dead(c.data.tags) for c in unfinished):
+        if time.monotonic() > deadline:  # a live worker of this sweep: never touch its trial
+            live = [c.data.tags.get("mlops.pid") for c in unfinished if not presumed_dead(c.data.tags)]
+            raise TrackingServerLost(f"trials of this sweep are still running in processes {', '.join(live)}")
+        time.sleep(0.5)  # workers of a sweep that just died are ending (die_with_parent)
+        unfinished = [client.get_run(c.info.run_id) for c in unfinished]
+    for c in unfinished:
+        if c.info.status == "RUNNING":
+            client.set_terminated(c.info.run_id, "KILLED")
+        client.set_tag(c.info.run_id, "sweep.state", "abandoned")
+        client.delete_run(c.info.run_id)  # in the trash, recoverable; the grid point runs again
+    return [c.info.run_id for c in unfinished]

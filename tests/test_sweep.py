@@ -72,15 +72,18 @@ def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(tracking_
         run_grid_sweep(cfg, n_jobs=1, progress=False)
     parent = sweep.find_sweep(cfg.sweep.name, cfg.experiment_name)
     assert MlflowClient().get_run(parent).info.status == "KILLED"
-    statuses = sorted(c.info.status for c in sweep_children(parent))
-    assert statuses == ["FINISHED", "FINISHED", "KILLED"]  # never RUNNING
+    children = sweep_children(parent)
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED"]  # never RUNNING
+    killed = next(c.info.run_id for c in children if c.info.status == "KILLED")
 
     monkeypatch.setattr(trials, "prepare_training", real)
     resumed = run_grid_sweep(cfg, n_jobs=1, progress=False)
     assert resumed.resumed and resumed.parent_run_id == parent
     assert (len(resumed.ran), resumed.skipped) == (2, 2)
     table = results_table(parent)
-    assert sorted(table.status) == ["FINISHED"] * 4 + ["KILLED"]
+    assert sorted(table.status) == ["FINISHED"] * 4  # one child per grid point: the killed one was set aside
+    gone = MlflowClient().get_run(killed)
+    assert (gone.info.lifecycle_stage, gone.data.tags["sweep.state"]) == ("deleted", "abandoned")
     assert (table.state == "complete").sum() == 4 and table.is_best.sum() == 1
     assert MlflowClient().get_run(parent).info.status == "FINISHED"
 
@@ -94,7 +97,9 @@ def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(tracking_uri)
     assert client.get_run(orphan.info.run_id).info.status == "RUNNING"
     rest = run_grid_sweep(cfg, n_jobs=1, progress=False)
     assert (len(rest.ran), rest.skipped) == (3, 1)
-    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    left = client.get_run(orphan.info.run_id)
+    assert (left.info.status, left.info.lifecycle_stage) == ("KILLED", "deleted")  # closed, and set aside
+    assert len(sweep_children(first.parent_run_id)) == 4
 
 
 def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(tracking_uri):

@@ -1,0 +1,78 @@
+"""Faults in the gate: pipelines that finish at once, models tested on different splits, threads.
+
+Four `mlops-train` at once on an empty registry must end with the best of them as champion,
+every promotion in the champion history, and every run in the named experiment. A model
+tested on another split is refused before training. And the same config trains to the same
+numbers from a sweep trial and from the pipeline.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from faultkit import error_lines
+from mlflow import MlflowClient
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+EXPERIMENT = "week5_project_optimization"
+NAME = "digits-classifier"
+
+
+def test_four_concurrent_pipelines_end_with_the_best_as_champion(project, server):
+    configs = [project.config(f"seed{s}", seed=s) for s in (1, 2, 3, 4)]  # four models, one split
+    procs = [project.start("mlops-train", "--config", str(c), "--no-progress") for c in configs]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    client = MlflowClient(server.uri)
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert len(versions) == 4
+    accuracy = {v.version: float(v.tags["gate.accuracy"]) for v in versions}
+    champion = client.get_registered_model(NAME).aliases["champion"]
+    assert accuracy[champion] == max(accuracy.values()), accuracy
+    promoted = [v.version for v in versions if v.tags["gate.decision"] == "promoted"]
+    history = [v for v in client.get_registered_model(NAME).tags.get("champion_history", "").split(",") if v]
+    assert sorted([*history, champion], key=int) == sorted(promoted, key=int)  # every promotion recorded
+    assert len({v.tags["split_digest"] for v in versions}) == 1
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # none in "Default"
+    assert not [m for m in client.search_registered_models() if m.name.startswith("mlops-lock.")]
+
+    other = project.config("other_split", data={"split_seed": 7})
+    out = project.run("mlops-train", "--config", str(other), "--no-progress")
+    assert out.returncode == 2
+    (line,) = error_lines(out.stderr)
+    assert "was tested on split" in line and "data.split_seed" in line
+    assert len(client.search_runs([exp.experiment_id])) == 4  # refused before any run
+
+
+def test_the_best_sweep_trial_retrained_by_the_pipeline_gives_identical_metrics(tracking_uri):
+    from faultkit import ROOT
+
+    from mlops_day28.config import load_config, with_values
+    from mlops_day28.pipeline import train_pipeline
+    from mlops_day28.sweep import run_grid_sweep
+
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            "experiment_name=tests_repro",
+            f"sweep.name=repro_{uuid.uuid4().hex[:8]}",
+            'sweep.grid={"training.learning_rate": [0.003, 0.01], "model.dropout": [0.1]}',
+            "registry.register_challenger=false",
+            "tracking.log_model=false",
+        ],
+    )
+    sweep = run_grid_sweep(cfg, n_jobs=2, progress=False)  # the trials train in worker processes
+    retrained = train_pipeline(with_values(cfg, sweep.best), progress=False)  # the pipeline, in this one
+    client = MlflowClient()
+
+    def curve(run_id: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)]
+
+    assert len(curve(sweep.best_run_id)) == cfg.training.num_epochs
+    assert curve(retrained["run_id"]) == curve(sweep.best_run_id)  # epoch by epoch, not just the end
+    assert retrained["metrics"]["best_val_accuracy"] == sweep.best_score
