@@ -15,23 +15,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
-
-import psutil
 
 from .coordination import owner_alive
 from .errors import MlopsError, one_line
+from .server_processes import server_log_reason
 
 # %% auto #0
 __all__ = [
     "HTTP_LIMITS",
     "UNSENT",
     "bound_mlflow_waits",
+    "env_set",
     "quick_http",
     "Terminated",
     "terminate_as_interrupt",
     "server_answers",
-    "server_log_reason",
     "describe_failure",
     "journal_dir",
     "journal_run",
@@ -60,11 +58,10 @@ def bound_mlflow_waits() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def quick_http(timeout: float = 2.0) -> Iterator[None]:
-    "One try with a short timeout, for calls made while giving up (closing a run on a server that may be gone)."
-    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({keys[0]: "0", keys[1]: str(int(max(timeout, 1)))})
+def env_set(**values: str) -> Iterator[None]:
+    "Set environment variables while the block runs; put back what was there."
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -73,6 +70,11 @@ def quick_http(timeout: float = 2.0) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def quick_http(timeout: float = 2.0):
+    "One try with a short timeout, for calls made while giving up (closing a run on a server that may be gone)."
+    return env_set(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(max(timeout, 1))))
 
 
 # %% ../nbs/00h_lifecycle.ipynb #a8e1000a
@@ -109,33 +111,6 @@ def server_answers(uri: str) -> bool:
     from mlops_day28.tracking_server import mlflow_version_at
 
     return mlflow_version_at(uri) is not None
-
-
-_OS_ERROR = re.compile(r"(?:OSError|PermissionError|IOError)?:?\s*\[Errno (?:28|13|30|122)\][^\n]*")
-
-
-def server_log_reason(uri: str) -> str | None:
-    "The last disk-full or permission error that a local server at `uri` wrote to its `server.log`, if any."
-    port = urlparse(uri).port
-    if not port or urlparse(uri).hostname not in ("127.0.0.1", "localhost"):
-        return None
-    logs = []
-    with contextlib.suppress(psutil.Error, OSError):
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
-                proc = psutil.Process(c.pid)
-                for p in [proc, *proc.parents()]:
-                    logs.append(Path(p.cwd()) / "server.log")  # the workbook starts its servers in .mlflow/
-    for log in dict.fromkeys(logs):
-        try:
-            with open(log, "rb") as f:
-                f.seek(max(0, log.stat().st_size - 200_000))
-                found = _OS_ERROR.findall(f.read().decode(errors="replace"))
-        except OSError:
-            continue
-        if found:
-            return one_line(found[-1].strip(), 200)
-    return None
 
 
 def describe_failure(error: BaseException, uri: str) -> str | None:
@@ -297,7 +272,8 @@ def tidy_runs(uri: str, root: str | Path | None = None) -> list[str]:
     "Replay the journal for the server at `uri` and reconcile its runs; what every command does when it connects."
     from mlflow import MlflowClient
 
-    closed = replay_journal(uri, root)
-    with contextlib.suppress(Exception):  # tidying must never stop the command the learner asked for
-        closed += reconcile_runs(MlflowClient(uri))
+    with env_set(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"):  # no "View run" link for each run closed
+        closed = replay_journal(uri, root)
+        with contextlib.suppress(Exception):  # tidying must never stop the command the learner asked for
+            closed += reconcile_runs(MlflowClient(uri))
     return closed

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 
+from .errors import one_line
+
 # %% auto #0
-__all__ = ["server_kind", "scan_server", "FoundServer"]
+__all__ = ["server_kind", "scan_server", "FoundServer", "server_log_reason"]
 
 
 # %% ../nbs/00da_server_processes.ipynb #fb709e32
@@ -78,3 +82,30 @@ class FoundServer:
     def __str__(self) -> str:
         gone = f"; the recorded launcher {self.launcher} is gone" if self.launcher_gone else ""
         return ", ".join(f"pid {pid} ({why})" for pid, why in sorted(self.procs.items())) + gone
+
+
+_OS_ERROR = re.compile(r"(?:OSError|PermissionError|IOError)?:?\s*\[Errno (?:28|13|30|122)\][^\n]*")
+
+
+def server_log_reason(uri: str) -> str | None:
+    "The last disk-full or permission error that a local server at `uri` wrote to its `server.log`, if any."
+    port = urlparse(uri).port
+    if not port or urlparse(uri).hostname not in ("127.0.0.1", "localhost"):
+        return None
+    logs = []
+    with contextlib.suppress(psutil.Error, OSError):
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+                proc = psutil.Process(c.pid)
+                for p in [proc, *proc.parents()]:
+                    logs.append(Path(p.cwd()) / "server.log")  # the workbook starts its servers in .mlflow/
+    for log in dict.fromkeys(logs):
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(0, log.stat().st_size - 200_000))
+                found = _OS_ERROR.findall(f.read().decode(errors="replace"))
+        except OSError:
+            continue
+        if found:
+            return one_line(found[-1].strip(), 200)
+    return None
