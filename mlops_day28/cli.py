@@ -47,11 +47,9 @@ def run(
             raise
         report(f"{prog}: unexpected {type(e).__name__}: {e} (MLOPS_DEBUG=1 shows the traceback)")
         return 1
-    if stopped:  # Typer turns the interrupt into exit code 130; a shell expects 128 + the signal
-        report("terminated (SIGTERM); a run that was open is marked KILLED")
-        return 143
-    if code == 130:
-        report("interrupted; a run that was open is marked KILLED")
+    if stopped or code == 130:  # Typer turns an interrupt into 130; after SIGTERM a shell expects 143 (128 + 15)
+        report(f"{'terminated (SIGTERM)' if stopped else 'interrupted'}; a run that was open is marked KILLED")
+        return 143 if stopped else 130
     return code if isinstance(code, int) else 0
 
 
@@ -285,10 +283,7 @@ def deploy(
 def serve(
     config: _DefaultConfigOpt = None,
     model: Annotated[
-        str | None,
-        typer.Option(
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder (default: serving.model_uri, else @champion)"
-        ),
+        str | None, typer.Option(help=f"{_MODEL_HELP} (default: serving.model_uri, else @champion)")
     ] = None,
     host: Annotated[str | None, typer.Option(help="default: serving.host (127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="default: serving.port (8000)")] = None,

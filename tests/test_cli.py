@@ -153,3 +153,24 @@ def test_help_and_argument_errors_import_nothing_heavy():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Usage: mlops-train [OPTIONS]" in r.stdout and "Usage: mlops-mlflow [OPTIONS] COMMAND" in r.stdout
+
+
+@pytest.mark.parametrize(("stop", "code", "words"), [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
+def test_a_stopped_command_exits_130_or_143_with_one_line(capsys, stop, code, words):
+    "Ctrl-C and SIGTERM unwind the command (so its run ends KILLED) and end it the way a shell expects."
+    import os
+    import signal
+
+    @cli.command("mlops-demo")
+    def demo() -> None:
+        "Wait to be stopped."
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # raised in this (the main) thread as `Terminated`
+        pytest.fail("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert demo([]) == code
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only while it runs
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {words}") and "KILLED" in line
