@@ -114,7 +114,11 @@ def server_lock(
             client.create_registered_model(name, tags=tags, description="A lock held by an mlops_day28 command.")
             break
         except MlflowException as e:
-            if "already exists" not in str(e) and e.error_code != "RESOURCE_ALREADY_EXISTS":
+            # taken; or taken and released at once: MLflow's store then fails to read the name it could not insert
+            if e.error_code not in (
+                "RESOURCE_ALREADY_EXISTS",
+                "RESOURCE_DOES_NOT_EXIST",
+            ) and "already exists" not in str(e):
                 raise
         holder = _holder(client, name)
         if holder is not None:
