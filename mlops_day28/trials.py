@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from .config import config_from_dict, flatten_config, with_values
 from .coordination import heartbeat, owner_tags, presumed_dead
+from .errors import MlopsError
 from .lifecycle import Terminated, TrackingServerLost, describe_failure, end_run
 from .tracking import MLflowEpochLogger
 from .training import prepare_training
@@ -229,7 +230,10 @@ def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]
     while any(c.info.status == "RUNNING" and not presumed_dead(c.data.tags) for c in unfinished):
         if time.monotonic() > deadline:  # a live worker of this sweep: never touch its trial
             live = [c.data.tags.get("mlops.pid") for c in unfinished if not presumed_dead(c.data.tags)]
-            raise TrackingServerLost(f"trials of this sweep are still running in processes {', '.join(live)}")
+            raise MlopsError(
+                f"trials of this sweep are still running in processes {', '.join(live)}; "
+                "wait for them to end, or stop them, then run the sweep again"
+            )
         time.sleep(0.5)  # workers of a sweep that just died are ending (die_with_parent)
         unfinished = [client.get_run(c.info.run_id) for c in unfinished]
     for c in unfinished:
