@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 3
 LINTED := mlops_day28 tests tools bench conftest.py
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help install workbook test test-fast lint lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: FORCE help install workbook test test-fast lint learner lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,9 +59,13 @@ lint: install ## ruff: lint and formatting of the package, tests, tools and benc
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
-lab: install ## start MLflow and JupyterLab on the notebooks
+learner: install ## write your copy of the exercises to learner/ (never overwritten; FORCE=1 starts over, old copy to learner/backup/)
+	$(BIN)/python tools/learner.py $(if $(FORCE),--force)
+
+lab: install ## start MLflow and JupyterLab on your copy of the exercises (learner/, written if missing)
+	@$(BIN)/python tools/learner.py --quiet
 	@$(BIN)/mlops-mlflow start
-	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) learner/01_tracking.ipynb
 
 mlflow: install ## start the local MLflow server (or find it running)
 	@$(BIN)/mlops-mlflow start

@@ -25,6 +25,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# The solution edition (nbs/): a task check that fails is a bug, so q.check() raises (00j_exercises).
+os.environ.setdefault("MLOPS_STRICT_CHECKS", "1")
 # One thread per torch process: the tests run in three processes on two cores, each starting
 # kernels and commands of its own; with torch's default (a thread per core each) they fight
 # over the cores and everything gets several times slower. Results do not depend on it.
@@ -42,6 +44,7 @@ def _needs_server(item) -> bool:
 _FIRST = [
     "06_monitoring",
     "04_sweep",
+    "test_learner_edition",
     "03_pipeline",
     "test_sweep",
     "test_evaluate",

@@ -83,11 +83,13 @@ _PortOpt = Annotated[int | None, typer.Option(min=1, max=65535, help="default: $
 _RootOpt = Annotated[Path | None, typer.Option(help="the folder whose .mlflow/ holds the server's state")]
 
 
-def _load(config: Path | None, overrides: list[str] | None = None):
-    "The config (default: the project's configs/config.yaml); a `ConfigError` (exit 2) if it is bad."
+def _load(config: Path | None, overrides: list[str] | None = None, conflicts: bool = False):
+    "The config (default: configs/config.yaml); a `ConfigError` (exit 2) if it is bad, or, to train, conflicts with its data."
     from mlops_day28.config import find_project_root, load_config
+    from mlops_day28.conflicts import refuse_conflicts
 
-    return load_config(config or find_project_root() / "configs" / "config.yaml", overrides or [])
+    cfg = load_config(config or find_project_root() / "configs" / "config.yaml", overrides or [])
+    return refuse_conflicts(cfg, config) if conflicts else cfg  # one line per conflict (00aa_conflicts)
 
 
 def _needs_server(*uris: str | None) -> bool:
@@ -141,15 +143,13 @@ def mlflow(argv: list[str] | None = None) -> int:
 def check_config(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="YAML config files", show_default=False)],
 ) -> int:
-    "Validate config files and that their data exists: exit 0 if every one is fine, else 2, one line per bad file."
-    from mlops_day28.config import ConfigError, load_config
+    "Validate config files against the schema and their data: exit 0 if every one is fine, else 2, one line per problem."
+    from mlops_day28.config import ConfigError
 
     status = 0
     for p in paths:
         try:
-            cfg = load_config(p)
-            if not cfg.resolve(cfg.data.dataset_path).exists():
-                raise ConfigError(f"{p}: data.dataset_path: {cfg.resolve(cfg.data.dataset_path)} does not exist")
+            cfg = _load(p, conflicts=True)  # the schema, then the data, num_classes, pretrained: a line for each
         except ConfigError as e:
             report(e)
             status = 2
@@ -170,16 +170,17 @@ def train(
     no_progress: _NoProgressOpt = False,
 ) -> None:
     "Train, track, register and gate a model from a YAML config."
+    from mlops_day28.coordination import ui_url
     from mlops_day28.pipeline import train_pipeline
     from mlops_day28.tracking_server import setup_mlflow
     from mlops_day28.training import prepare_training
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, conflicts=True)  # num_classes against the data, pretrained resnet18: refused
     job = prepare_training(cfg)  # the data and the model: bad ones stop here, before any server or run
     server = setup_mlflow(root=cfg.root)
     with failing_as("training", "the MLflow run, if one was started, is marked FAILED"):
         result = train_pipeline(cfg, run_name=run_name, progress=not no_progress, job=job)
-    print(f"Run: {server.uri}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}")
+    print("Run:", ui_url(server.uri, f"/experiments/{result['experiment_id']}/runs/{result['run_id']}"))
 
 
 # %% ../nbs/00g_cli.ipynb #c1100012
@@ -198,7 +199,7 @@ def sweep(
     from mlops_day28.data import load_dataset
     from mlops_day28.tracking_server import setup_mlflow
 
-    cfg = _load(config, [*(overrides or []), *([f"sweep.strategy={strategy}"] if strategy else [])])
+    cfg = _load(config, [*(overrides or []), *([f"sweep.strategy={strategy}"] if strategy else [])], conflicts=True)
     load_dataset(cfg)  # missing or bad data stops here, before any run
     setup_mlflow(root=cfg.root)
     with failing_as("the sweep", "finished trials are kept: run the same command to resume"):

@@ -17,11 +17,14 @@ from .errors import InputError, MlopsError
 
 # %% auto #0
 __all__ = [
+    "KIND_TAG",
+    "MODEL_DEVELOPMENT",
     "LOCK_PREFIX",
     "HEARTBEAT_EVERY",
     "HEARTBEAT_TIMEOUT",
     "owner_tags",
     "owner_alive",
+    "ui_url",
     "ensure_experiment",
     "LockTimeout",
     "server_lock",
@@ -54,6 +57,14 @@ def owner_alive(tags: dict[str, str]) -> bool | None:
 
 
 # %% ../nbs/00i_coordination.ipynb #b9f20007
+KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"  # what the MLflow UI opens it as
+
+
+def ui_url(uri: str, path: str = "/experiments") -> str:
+    "A link to `path` in the MLflow UI at `uri`, opened in its model-training view (not GenAI)."
+    return f"{uri.rstrip('/')}/#{path}?workflowType=machine_learning"
+
+
 def ensure_experiment(name: str, client=None) -> str:
     "The id of experiment `name`, created if missing; safe when several processes create it at once."
     from mlflow import MlflowClient
@@ -67,9 +78,11 @@ def ensure_experiment(name: str, client=None) -> str:
                 raise InputError(
                     f"experiment {name!r} was deleted; restore it in the MLflow UI or use another experiment name"
                 )
+            if exp.tags.get(KIND_TAG) is None:
+                client.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_DEVELOPMENT)
             return exp.experiment_id
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={KIND_TAG: MODEL_DEVELOPMENT})
         except MlflowException as e:
             if "already exists" not in str(e) and e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

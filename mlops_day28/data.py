@@ -23,6 +23,7 @@ __all__ = [
     "Dataset",
     "load_csv_dataset",
     "load_image_folder",
+    "find_dataset",
     "load_dataset",
     "Split",
     "DataSplits",
@@ -187,16 +188,36 @@ def load_image_folder(
 
 
 # %% ../nbs/00a_data.ipynb #faeea776
+def find_dataset(
+    path: str | Path,  # the data.dataset_path, resolved
+) -> Path:
+    "The CSV or image folder `path` names: a folder with no class sub-folders of images but one CSV is that CSV."
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    entries = sorted(e for e in path.iterdir() if not e.name.startswith("."))
+    if any(e.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in e.iterdir()) for e in entries):
+        return path  # class sub-folders of images
+    csvs = [e for e in entries if e.is_file() and e.suffix.lower() == ".csv"]
+    if len(csvs) == 1:
+        return csvs[0]
+    if csvs:
+        names = ", ".join(c.name for c in csvs[:4]) + (", ..." if len(csvs) > 4 else "")
+        raise DataError(f"data.dataset_path: {path} holds {len(csvs)} CSV files ({names}); name the one to use")
+    raise DataError(f"data.dataset_path: {path} holds neither a CSV file nor class sub-folders of images")
+
+
 def load_dataset(
     data: DataConfig | Config,  # the config, or its `data` section
     root: str | Path | None = None,  # resolve relative paths here (default: the config's project root)
 ) -> Dataset:
-    "Load the dataset a config names: a CSV file or a folder of class sub-folders."
+    "Load the dataset a config names: a CSV file, a folder holding one CSV, or a folder of class sub-folders."
     if isinstance(data, Config):
         root, data = root or data.root, data.data
     path = Path(data.dataset_path).expanduser()
     if not path.is_absolute():
         path = Path(root or find_project_root()) / path
+    path = find_dataset(path)
     if path.is_dir():
         return load_image_folder(path, data.image_size)
     if not path.exists():

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 
 from .config import Config
+from .coordination import ensure_experiment
 from .data import load_dataset, split_dataset
 from .errors import InputError
 from .promotion import promote_if_better
@@ -34,7 +35,7 @@ def deploy_model(
     test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test  # bad data stops here
     check_tracking_server(tracking_uri, "DEPLOY_MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(f"{cfg.experiment_name}_deployments")
+    mlflow.set_experiment(experiment_id=ensure_experiment(f"{cfg.experiment_name}_deployments"))
     tags = {"source": "mlops-deploy", "github.sha": os.environ.get("GITHUB_SHA", "")}
     with mlflow.start_run(run_name="ci_deploy", tags=tags) as run:
         mlflow.log_artifacts(str(folder), "model")

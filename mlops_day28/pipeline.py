@@ -22,54 +22,12 @@ from .tracking import git_tags, train_and_log
 from .training import TrainingJob, prepare_training
 
 # %% auto #0
-__all__ = ["PipelineInputError", "require_champion_split", "init_from_champion", "train_pipeline"]
-
-
-# %% ../nbs/03_pipeline.ipynb #2fb8038a
-class PipelineInputError(InputError):
-    "The registry state cannot be trained from (exit code 2); found before any run is created."
-
-
-def require_champion_split(name: str, split_digest: str) -> None:
-    "A `PipelineInputError` if `name`'s champion was tested on another split than `split_digest` (the gate would refuse)."
-    try:
-        champion = version_for_alias(name, CHAMPION)
-    except RegistryError:
-        return  # no such model yet: the first version starts it
-    theirs = champion.tags.get("split_digest") if champion else None
-    if theirs and theirs != split_digest:
-        raise PipelineInputError(
-            f"champion v{champion.version} of {name!r} was tested on split {theirs}, this config splits the data as "
-            f"{split_digest}: the gate could not compare them fairly. Use the champion's data.dataset_path, "
-            "data.splits and data.split_seed, or another registry.model_name"
-        )
-
-
-def init_from_champion(job: TrainingJob) -> str:
-    "Load the registered champion's weights into `job.model`; returns the champion's version."
-    name = job.cfg.registry.model_name
-    try:
-        champion = version_for_alias(name, CHAMPION)
-    except RegistryError as e:
-        raise PipelineInputError(f"model.pretrained: {e}") from None
-    if champion is None:
-        raise PipelineInputError(
-            f"model.pretrained is true but model {name!r} has no champion yet; "
-            "train once with model.pretrained=false and promote it first"
-        )
-    weights = load_model(f"models:/{name}/{champion.version}", flavor="pytorch").state_dict()
-    try:
-        job.model.load_state_dict(weights)
-    except RuntimeError:
-        raise PipelineInputError(
-            f"model.pretrained: champion v{champion.version} of {name!r} is a {champion.tags.get('architecture', 'different')} "
-            f"model, not model.architecture={job.cfg.model.architecture!r} with hidden_size={job.cfg.model.hidden_size}; "
-            "use the champion's architecture or set model.pretrained=false"
-        ) from None
-    return champion.version
-
+__all__ = ["CONFIG_PATH_TAG", "train_pipeline", "PipelineInputError", "require_champion_split", "init_from_champion"]
 
 # %% ../nbs/03_pipeline.ipynb #dd29c8b3
+CONFIG_PATH_TAG = "mlops.config_path"  # the run's tag holding the absolute path of the config file it trained
+
+
 def train_pipeline(
     cfg: Config,
     run_name: str | None = None,  # default: cfg.tracking.run_name
@@ -91,6 +49,8 @@ def train_pipeline(
         "mlops_day28.version": mlops_day28.__version__,
         "pipeline": "train_pipeline",
     }
+    if cfg.source:
+        tags[CONFIG_PATH_TAG] = str(cfg.source)  # absolute: which file, not only which contents
     if pretrained_from:
         tags["pretrained_from"] = f"models:/{cfg.registry.model_name}/{pretrained_from}"
     params = {
@@ -145,6 +105,50 @@ def train_pipeline(
             f"{'promoted to ' + CHAMPION if decision.promoted else 'rejected'} ({decision.reason})"
         )
     return result
+
+
+# %% ../nbs/03_pipeline.ipynb #2fb8038a
+class PipelineInputError(InputError):
+    "The registry state cannot be trained from (exit code 2); found before any run is created."
+
+
+def require_champion_split(name: str, split_digest: str) -> None:
+    "A `PipelineInputError` if `name`'s champion was tested on another split than `split_digest` (the gate would refuse)."
+    try:
+        champion = version_for_alias(name, CHAMPION)
+    except RegistryError:
+        return  # no such model yet: the first version starts it
+    theirs = champion.tags.get("split_digest") if champion else None
+    if theirs and theirs != split_digest:
+        raise PipelineInputError(
+            f"champion v{champion.version} of {name!r} was tested on split {theirs}, this config splits the data as "
+            f"{split_digest}: the gate could not compare them fairly. Use the champion's data.dataset_path, "
+            "data.splits and data.split_seed, or another registry.model_name"
+        )
+
+
+def init_from_champion(job: TrainingJob) -> str:
+    "Load the registered champion's weights into `job.model`; returns the champion's version."
+    name = job.cfg.registry.model_name
+    try:
+        champion = version_for_alias(name, CHAMPION)
+    except RegistryError as e:
+        raise PipelineInputError(f"model.pretrained: {e}") from None
+    if champion is None:
+        raise PipelineInputError(
+            f"model.pretrained is true but model {name!r} has no champion yet; "
+            "train once with model.pretrained=false and promote it first"
+        )
+    weights = load_model(f"models:/{name}/{champion.version}", flavor="pytorch").state_dict()
+    try:
+        job.model.load_state_dict(weights)
+    except RuntimeError:
+        raise PipelineInputError(
+            f"model.pretrained: champion v{champion.version} of {name!r} is a {champion.tags.get('architecture', 'different')} "
+            f"model, not model.architecture={job.cfg.model.architecture!r} with hidden_size={job.cfg.model.hidden_size}; "
+            "use the champion's architecture or set model.pretrained=false"
+        ) from None
+    return champion.version
 
 
 # %% ../nbs/03_pipeline.ipynb #c41b1405

@@ -15,6 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from .errors import InputError
+from .lifecycle import quiet_registration
 
 # %% auto #0
 __all__ = [
@@ -223,7 +224,8 @@ def register_run_model(
     ]
     uri = f"models:/{logged[-1]}" if logged else f"runs:/{run_id}/{artifact}"
     try:
-        mv = mlflow.register_model(uri, name)
+        with quiet_registration():  # MLflow's three lines per version: the version returned says it
+            mv = mlflow.register_model(uri, name)
     except MlflowException as e:
         raise RegistryError(f"run {run_id!r} has no model logged as {artifact!r}: {e.message}") from None
     mv = describe_version(name, mv.version)

@@ -78,9 +78,7 @@ class SplitsConfig(_Section):
 class DataConfig(_Section):
     "Where the data is and how it is split."
 
-    dataset_path: str = (
-        "data/digits.csv"  # a CSV (feature columns + label column) or a folder of class sub-folders of images
-    )
+    dataset_path: str = "data/digits.csv"  # a CSV, a folder holding one CSV, or a folder of class sub-folders of images
     label_column: str = "label"  # the CSV column holding the class
     image_size: int | None = Field(None, gt=0)  # resize folder images to this square size (default: keep their size)
     splits: SplitsConfig = SplitsConfig()
@@ -88,15 +86,30 @@ class DataConfig(_Section):
     # dataset, fractions and split_seed is tested on the same rows, so the gate can compare them fairly.
     split_seed: int = 42
 
+    @model_validator(mode="before")
+    @classmethod
+    def _course_split_keys(cls, data: Any) -> Any:
+        "The course's `train_split`/`val_split`/`test_split` moved to their one place, `splits.train/val/test`."
+        given = [k for k in ("train", "val", "test") if isinstance(data, dict) and f"{k}_split" in data]
+        if not given or not isinstance(data.get("splits", {}), dict):
+            return data  # nothing to move, or a bad `splits` that pydantic names
+        data = dict(data)
+        splits = data["splits"] = dict(data.get("splits", {}))
+        for k in given:
+            if k in splits:
+                raise ValueError(f"{k}_split and splits.{k} both give the {k} fraction: keep one of them")
+            splits[k] = data.pop(f"{k}_split")
+        return data
+
 
 class ModelConfig(_Section):
     "Which network to build."
 
-    architecture: Literal["mlp", "cnn", "resnet"] = "mlp"  # see the models notebook
+    architecture: Literal["mlp", "cnn", "resnet", "resnet18"] = "mlp"  # see the models notebook
     num_classes: int = Field(10, gt=1)  # outputs of the last layer
     hidden_size: int = Field(128, gt=0)  # MLP width, or channels of the conv nets
     dropout: float = Field(0.2, ge=0, lt=1)
-    pretrained: bool = False  # start from the weights of the registered champion (nothing is downloaded)
+    pretrained: bool = False  # start from the registered champion's weights (never downloaded: not for resnet18)
 
 
 class TrainingConfig(_Section):

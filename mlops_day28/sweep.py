@@ -17,7 +17,6 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from tqdm.auto import tqdm
 
 from mlops_day28.trials import (
     TrialResult,
@@ -37,6 +36,7 @@ from .errors import InputError
 from .lifecycle import closing_run
 from .plots import plot_heatmaps, plot_parallel_coordinates
 from .tracking import git_tags
+from .training import progress_bar
 
 # %% auto #0
 __all__ = [
@@ -189,11 +189,8 @@ def run_trials(
 ) -> list[TrialResult]:
     "Run `points` as child runs, in this process (`n_jobs=1`) or in `n_jobs` worker processes."
     args = (cfg.model_dump(), str(cfg.source) if cfg.source else None)
-    bar = tqdm(
-        total=len(points),
-        desc=f"trials ({n_jobs} worker{'s' if n_jobs > 1 else ''})",
-        disable=not progress,
-        leave=False,
+    bar = progress_bar(
+        total=len(points), desc=f"trials ({n_jobs} worker{'s' if n_jobs > 1 else ''})", disable=not progress
     )
     results = []
     if n_jobs == 1 or len(points) <= 1:

@@ -5,6 +5,7 @@
 # %% ../nbs/01_tracking.ipynb #f334a277
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import warnings
@@ -23,7 +24,7 @@ from .config import Config, find_project_root
 from .coordination import owner_tags
 from .data import Dataset, DataSplits
 from .drift import InputProfile
-from .lifecycle import UNSENT, closing_run
+from .lifecycle import UNSENT, closing_run, quiet_registration
 from .plots import plot_confusion_matrix, plot_training_curves
 from .training import EpochCallback, History, TrainingJob, predict_proba, prepare_training
 
@@ -159,13 +160,14 @@ def log_torch_model(
 ):
     "Log `model` to the active run in MLflow's `pt2` format with a signature, an input example and its input profile."
     model = model.to("cpu").eval()
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        registered_model_name=registered_model_name,
-        **_model_kwargs(model, X_example, profile),
-        **kwargs,
-    )
+    with quiet_registration() if registered_model_name else contextlib.nullcontext():  # we report the version
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            registered_model_name=registered_model_name,
+            **_model_kwargs(model, X_example, profile),
+            **kwargs,
+        )
 
 
 def save_torch_model(

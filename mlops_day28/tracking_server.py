@@ -47,12 +47,9 @@ DEFAULT_PORT = 5000
 def mlflow_version_at(uri: str) -> str | None:
     "The MLflow version a healthy server at `uri` reports, or None if it is not a healthy MLflow server."
     health = http_get(f"{uri.rstrip('/')}/health", limit=200)
-    if not health or health[0] != 200 or health[1].strip() != "OK":
-        return None
-    version = http_get(f"{uri.rstrip('/')}/version", limit=200)
-    if not version or version[0] != 200:
-        return None
-    v = version[1].strip()
+    healthy = bool(health) and health[0] == 200 and health[1].strip() == "OK"
+    version = http_get(f"{uri.rstrip('/')}/version", limit=200) if healthy else None
+    v = version[1].strip() if version and version[0] == 200 else ""
     return v if v[:1].isdigit() else None
 
 
@@ -283,14 +280,17 @@ def check_tracking_server(
 def setup_mlflow(
     experiment_name: str | None = None,  # experiment to log to (created if missing)
     root: str | Path | None = None,
+    notebook: str | None = None,  # the calling notebook's file name: its runs record it as their source
 ) -> TrackingServer:
     "Make sure a tracking server is up, point MLflow at it, and select `experiment_name`."
     import mlflow
 
     from mlops_day28.coordination import ensure_experiment
+    from mlops_day28.exercises import this_notebook
     from mlops_day28.lifecycle import bound_mlflow_waits, tidy_runs
 
     bound_mlflow_waits()  # a server that vanishes is named in seconds, not minutes
+    _ = notebook and this_notebook(notebook)  # runs started here say which notebook made them (00j_exercises)
     server = ensure_tracking_server(root)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for every model load
     mlflow.set_tracking_uri(server.uri)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from .data import Dataset, DataSplits, Split, load_dataset, split_dataset
 from .errors import InputError
@@ -34,6 +35,7 @@ __all__ = [
     "History",
     "make_optimizer",
     "make_scheduler",
+    "progress_bar",
     "fit",
     "TrainingJob",
     "prepare_training",
@@ -159,6 +161,17 @@ def make_scheduler(opt: torch.optim.Optimizer, training: TrainingConfig):
     raise ValueError(f"training.scheduler: unknown '{training.scheduler}' (choose from cosine, step, none)")
 
 
+def progress_bar(iterable: Iterable | None = None, **kwargs) -> tqdm:
+    "tqdm's text bar: live in a terminal (stderr, cleared when done) and in a notebook (stdout, kept in the saved copy)."
+    in_kernel = "ipykernel" in sys.modules
+    kwargs = (
+        {"file": sys.stdout, "leave": True, "ncols": 90, "mininterval": 1, **kwargs}
+        if in_kernel
+        else {"leave": False, **kwargs}
+    )
+    return tqdm(iterable, **kwargs)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -174,7 +187,7 @@ def fit(
     sched = make_scheduler(opt, training)
     hist, best_loss, best_state, stale = History(), float("inf"), None, 0
     start = time.perf_counter()
-    bar = tqdm(range(1, training.num_epochs + 1), desc="epochs", disable=not progress, leave=False)
+    bar = progress_bar(range(1, training.num_epochs + 1), desc="epochs", disable=not progress)
     for epoch in bar:
         model.train()
         total_loss, correct, n = 0.0, 0, 0
@@ -206,7 +219,9 @@ def fit(
             stale += 1
         for cb in callbacks:
             cb(epoch, metrics)
-        bar.set_postfix(train_loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        bar.set_postfix(
+            train_loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}", refresh=False
+        )
         if training.early_stopping_patience and stale >= training.early_stopping_patience:
             break
     if best_state is not None:
@@ -251,8 +266,11 @@ def prepare_training(cfg: Config) -> TrainingJob:
     "Seed, load and split the data, and build the model and loaders that `cfg` describes."
     seed_everything(cfg.seed)
     ds = load_dataset(cfg)
-    if ds.num_classes != cfg.model.num_classes:
-        raise InputError(f"model.num_classes is {cfg.model.num_classes} but {ds.source} has {ds.num_classes} classes")
+    if ds.num_classes != cfg.model.num_classes:  # mlops-check-config's wording (00aa_conflicts)
+        raise InputError(
+            f"model.num_classes: {cfg.model.num_classes}, but {ds.source} has {ds.num_classes} classes; "
+            f"set it to {ds.num_classes}"
+        )
     sp = split_dataset(ds, cfg.data.splits, seed=cfg.data.split_seed)
     model = build_model(cfg.model, sp.train.X, ds.image_shape)
     bs = cfg.training.batch_size

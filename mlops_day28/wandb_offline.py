@@ -48,7 +48,7 @@ def run_wandb_offline(
         mode="offline",
         dir=directory,
         config=cfg.model_dump(),
-        settings=wandb.Settings(console="off"),
+        settings=wandb.Settings(console="off", silent=True),  # its 27 lines of stderr: the caller says where the run is
     )
     try:
         run.config.update({"dataset_digest": job.dataset.digest, "torch_device": str(job.device)})

@@ -61,7 +61,7 @@ def test_own_csv_with_text_labels_trains(tmp_path):
 
 def test_wrong_num_classes_is_named(tmp_path):
     cfg = Config.model_validate({"model": {"num_classes": 5}})
-    with pytest.raises(ValueError, match=r"model\.num_classes is 5 but .*digits\.csv has 10 classes"):
+    with pytest.raises(ValueError, match=r"model\.num_classes: 5, but .*digits\.csv has 10 classes; set it to 10"):
         prepare_training(cfg)
 
 

@@ -114,7 +114,7 @@ def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(tracking
     result = run_grid_sweep(cfg, n_jobs=2, progress=False)
     assert [r.state for r in result.ran] == ["failed", "complete"]
     failed = MlflowClient().get_run(result.failed[0].run_id)
-    assert failed.info.status == "FAILED" and "model.num_classes is 5" in failed.data.tags["error"]
+    assert failed.info.status == "FAILED" and "model.num_classes: 5," in failed.data.tags["error"]
     assert result.best == {"model.num_classes": 10, "training.num_epochs": 1}
 
 

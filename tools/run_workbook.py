@@ -37,6 +37,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
         kernel_name="python3",
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(path.parent)}},
+        coalesce_streams=True,  # a progress bar's updates saved as one output, as JupyterLab shows it
     )
     start, error = time.perf_counter(), ""
     try:
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLOPS_STRICT_CHECKS", "1")  # the solution edition: a failed task check stops the run
+    from mlops_day28.coordination import ui_url
     from mlops_day28.errors import MlopsError, report
     from mlops_day28.tracking_server import ensure_tracking_server
 
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\nThe tracking server holds:")
     print("\n".join(summarize(server.uri)) or "  (nothing yet)")
-    print(f"\nOpen the MLflow UI: {server.uri}   (stop the server with: make stop)")
+    print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   (stop the server with: make stop)")
     print("Work through the notebooks yourself: make lab")
     return 0
 

@@ -1,0 +1,188 @@
+"""`make learner`: the learner edition in learner/, solutions cleared, a learner's notebook never overwritten."""
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "learner.py"
+spec = importlib.util.spec_from_file_location("learner", SCRIPT)
+learner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learner)
+
+v4 = nbformat.v4
+SOLVED = 'import mlflow\n### BEGIN SOLUTION\nwith mlflow.start_run(run_name="my_first_run"):\n    mlflow.log_param("lr", 0.01)\n### END SOLUTION\nq1.check()'
+INDENTED = "def accuracy(y, p):\n    ### BEGIN SOLUTION\n    return (y == p).mean()\n    ### END SOLUTION"
+MARKDOWN = "# Exercise\nThe markers `### BEGIN SOLUTION` / `### END SOLUTION` in markdown are text."
+
+
+def write_nb(path: Path, *cells) -> Path:
+    "A notebook of `cells` (strings are code cells) at `path`, with a python kernelspec and outputs."
+    cells = [
+        c
+        if not isinstance(c, str)
+        else v4.new_code_cell(c, execution_count=1, outputs=[v4.new_output("stream", text="out\n")])
+        for c in cells
+    ]
+    nb = v4.new_notebook(cells=cells)
+    nb.metadata.kernelspec = {"display_name": "python3", "language": "python", "name": "python3"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def nbs(tmp_path):
+    "A small solution edition: a reference notebook, two exercises."
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_nb(folder / "00_helpers.ipynb", "### BEGIN SOLUTION\nx = 1\n### END SOLUTION")
+    write_nb(folder / "01_first.ipynb", v4.new_markdown_cell(MARKDOWN), SOLVED, INDENTED, "print('not a task')")
+    write_nb(folder / "01a_plain.ipynb", v4.new_markdown_cell("no tasks here"), "x = 2")
+    return folder
+
+
+@pytest.fixture
+def make_learner(tmp_path, capsys):
+    "Run the script's main on tmp_path/nbs -> tmp_path/learner; (exit code, stdout, stderr)."
+
+    def go(*args, nbs=None):
+        code = learner.main(["--nbs", str(nbs or tmp_path / "nbs"), "--out", str(tmp_path / "learner"), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return go
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def test_solutions_become_stubs_and_the_rest_stays(nbs, tmp_path, make_learner):
+    code, out, _ = make_learner()
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "learner").glob("*.ipynb")) == ["01_first.ipynb", "01a_plain.ipynb"]
+    before, after = read(nbs / "01_first.ipynb"), read(tmp_path / "learner" / "01_first.ipynb")
+    assert [c.id for c in after.cells] == [c.id for c in before.cells]
+    assert after.metadata == before.metadata
+    md, solved, indented, plain = after.cells
+    assert md.source == MARKDOWN  # markdown is never changed, markers or not
+    assert solved.source == "import mlflow\n# YOUR CODE HERE\nraise NotImplementedError()\nq1.check()"
+    assert indented.source == "def accuracy(y, p):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    assert plain.source == "print('not a task')"
+    assert all(c.outputs == [] and c.execution_count is None for c in after.cells if c.cell_type == "code")
+    assert "wrote" in out and "01_first.ipynb (2 solutions cleared)" in out
+    assert out.strip().splitlines()[-1].startswith(f"Start with {tmp_path / 'learner' / '01_first.ipynb'}")
+    assert "make lab" in out.strip().splitlines()[-1]
+
+
+def test_a_notebook_without_markers_is_copied_with_outputs_cleared(nbs, tmp_path, make_learner):
+    make_learner()
+    before, after = read(nbs / "01a_plain.ipynb"), read(tmp_path / "learner" / "01a_plain.ipynb")
+    for cell in before.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    assert after == before
+
+
+def test_an_existing_learner_notebook_is_kept_byte_for_byte(nbs, tmp_path, make_learner):
+    make_learner()
+    mine = tmp_path / "learner" / "01_first.ipynb"
+    nb = read(mine)
+    nb.cells[1].source = nb.cells[1].source.replace("raise NotImplementedError()", "print('my answer')")
+    nbformat.write(nb, mine)
+    edited = mine.read_bytes()
+    (tmp_path / "learner" / "01a_plain.ipynb").unlink()  # deleted: written again
+
+    code, out, _ = make_learner()
+    assert code == 0
+    assert mine.read_bytes() == edited
+    assert f"kept {mine} (yours)" in out
+    assert f"wrote {tmp_path / 'learner' / '01a_plain.ipynb'}" in out
+    assert not (tmp_path / "learner" / "backup").exists()
+
+
+def test_force_moves_the_learners_notebook_to_a_backup_and_writes_a_fresh_one(nbs, tmp_path, make_learner):
+    make_learner()
+    mine = tmp_path / "learner" / "01_first.ipynb"
+    fresh = mine.read_bytes()
+    mine.write_bytes(fresh.replace(b"raise NotImplementedError()", b"print('my answer')"))
+    edited = mine.read_bytes()
+
+    code, out, _ = make_learner("--force")
+    assert code == 0
+    assert mine.read_bytes() == fresh
+    [backup] = (tmp_path / "learner" / "backup").glob("*/01_first.ipynb")
+    assert backup.read_bytes() == edited
+    assert f"yours moved to {backup}" in out
+    assert not list((tmp_path / "learner").glob(".*.tmp"))  # no temporary file left
+
+
+def test_two_forced_runs_keep_two_backups(nbs, tmp_path, make_learner):
+    make_learner()
+    mine = tmp_path / "learner" / "01_first.ipynb"
+    mine.write_text("first edit")
+    assert make_learner("--force")[0] == 0
+    mine.write_text("second edit")
+    assert make_learner("--force")[0] == 0  # within the same second, most likely
+    backups = sorted((tmp_path / "learner" / "backup").glob("*/01_first.ipynb"))
+    assert len(backups) == 2
+    assert {b.read_text() for b in backups} == {"first edit", "second edit"}
+
+
+def test_a_failed_write_leaves_the_learners_notebook(nbs, tmp_path, make_learner, monkeypatch):
+    make_learner()
+    mine = tmp_path / "learner" / "01_first.ipynb"
+    mine.write_text("my work")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(learner.os, "replace", disk_full)
+    code, _, err = make_learner("--force")
+    assert code == 1
+    assert "No space left on device" in err
+    assert mine.read_text() == "my work"
+    assert not list((tmp_path / "learner").glob(".*.tmp"))
+
+
+def test_begin_without_end_is_an_error_naming_the_notebook_and_cell(nbs, tmp_path, make_learner):
+    bad = write_nb(nbs / "02_broken.ipynb", v4.new_markdown_cell("ok"), "x = 1\n### BEGIN SOLUTION\ny = 2")
+    cell_id = read(bad).cells[1].id
+    code, _, err = make_learner()
+    assert code == 2
+    assert f"{bad}, cell 2 (id {cell_id})" in err
+    assert "'### BEGIN SOLUTION' without '### END SOLUTION'" in err
+    assert not (tmp_path / "learner").exists()  # nothing written
+
+
+def test_end_without_begin_is_an_error_too(nbs, make_learner):
+    write_nb(nbs / "02_broken.ipynb", "x = 1\n### END SOLUTION")
+    code, _, err = make_learner()
+    assert code == 2
+    assert "02_broken.ipynb, cell 1" in err and "without '### BEGIN SOLUTION'" in err
+
+
+def test_the_real_solution_edition(tmp_path, make_learner):
+    exercises = learner.exercise_notebooks(ROOT / "nbs")
+    assert exercises[0].name == "01_tracking.ipynb"
+    assert not any(p.name.startswith("00") for p in exercises)
+    code, out, err = make_learner(nbs=ROOT / "nbs")
+    assert code == 0, err
+    written = sorted((tmp_path / "learner").glob("*.ipynb"))
+    assert [p.name for p in written] == [p.name for p in exercises]
+    for path in written:
+        nb = read(path)
+        code_cells = "".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "BEGIN SOLUTION" not in code_cells and "END SOLUTION" not in code_cells, path.name
+        markdown = "".join(c.source for c in nb.cells if c.cell_type == "markdown")  # text about the markers
+        assert path.read_text().count(learner.BEGIN) == markdown.count(learner.BEGIN), path.name
+    assert out.strip().splitlines()[-1].startswith(f"Start with {tmp_path / 'learner' / '01_tracking.ipynb'}")
+
+
+def test_two_backups_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(learner.time, "strftime", lambda fmt: "20261130-031500")
+    first, second = learner.new_backup_folder(tmp_path), learner.new_backup_folder(tmp_path)
+    assert first.name == "20261130-031500" and second.name == "20261130-031500-2"
+    assert first.is_dir() and second.is_dir()

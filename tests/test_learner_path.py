@@ -1,0 +1,90 @@
+"""The shape of the exercise notebooks that have tasks (the learner's path; issue 11).
+
+Read from the committed notebooks, no kernel: tasks with a solution between nbgrader's markers
+and a check after each; the library's own calls before the first exported helper; the
+course's reflection prompts as questions, each with a cell for the learner's answer.
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+
+# the plain calls the course teaches, which each notebook shows before any helper of ours
+PLAIN = {
+    "01_tracking": [
+        "mlflow.start_run(run_name=",
+        "mlflow.log_param(",
+        "mlflow.log_metric(",
+        "step=epoch",
+        "mlflow.pytorch.log_model(",
+        "mlflow.log_artifact(",
+    ],
+    "02_registry": ["mlflow.register_model(", "set_registered_model_alias(", "mlflow.pyfunc.load_model("],
+    "03_pipeline": ["yaml.safe_load(", "mlflow.start_run(", "mlflow.log_params(", "mlflow.log_metrics("],
+}
+TASK = re.compile(r"^#\s*(q\d+)\s*:")
+
+
+def cells(name: str) -> list:
+    return nbformat.read(NBS / f"{name}.ipynb", as_version=4).cells
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_tasks_have_solutions_and_checks(name):
+    nb = cells(name)
+    tasks = [
+        (i, TASK.match(c.source).group(1)) for i, c in enumerate(nb) if c.cell_type == "code" and TASK.match(c.source)
+    ]
+    assert len(tasks) >= 2, f"{name}: {len(tasks)} task(s)"
+    for i, q in tasks:
+        src = nb[i].source
+        assert "### BEGIN SOLUTION" in src and src.rstrip().endswith("### END SOLUTION"), f"{name} {q}: markers"
+        assert any(re.search(rf"^{q}\.check\(\)", c.source, re.M) for c in nb[i + 1 :] if c.cell_type == "code"), (
+            f"{name}: no {q}.check() after its task"
+        )
+        assert nb[i - 1].cell_type == "markdown", f"{name} {q}: the task is stated in a markdown cell before it"
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_plain_calls_come_before_the_first_helper(name):
+    nb = cells(name)
+    first_export = next(i for i, c in enumerate(nb) if c.cell_type == "code" and re.match(r"#\|\s*export", c.source))
+    before = "\n".join(c.source for c in nb[:first_export] if c.cell_type == "code")
+    missing = [call for call in PLAIN[name] if call not in before]
+    assert not missing, f"{name}: not before the first exported cell: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_reflection_asks_and_leaves_room_to_answer(name):
+    nb = cells(name)
+    start = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and "## Reflection" in c.source)
+    rest = nb[start:]
+    questions = [i for i, c in enumerate(rest) if c.cell_type == "markdown" and re.search(r"\*\*[^*]+\?\*\*", c.source)]
+    assert questions, f"{name}: no question in the reflection"
+    for i in questions:
+        answer = rest[i + 1] if i + 1 < len(rest) else None
+        assert answer is not None and answer.cell_type == "markdown" and "Your answer" in answer.source, (
+            f"{name}: question {rest[i].source[:60]!r} has no answer cell after it"
+        )
+    assert any("<details>" in c.source for c in rest), f"{name}: our answers are not folded"
+
+
+@pytest.mark.parametrize("first", ["mlops_day28.exercises", "mlflow"])
+def test_runs_record_their_notebook_whichever_is_imported_first(first):
+    "The entry point must load while mlflow itself is importing: no circular import, no skipped provider."
+    import subprocess
+    import sys
+
+    code = (
+        f"import {first}\nimport mlflow\nimport mlops_day28.exercises as ex\n"
+        "from mlflow.tracking.context.registry import resolve_tags\n"
+        "ex._NOTEBOOK = 'learner/01_tracking.ipynb'\n"
+        "t = resolve_tags()\nprint(t['mlflow.source.name'], t['mlflow.source.type'])"
+    )
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["learner/01_tracking.ipynb", "NOTEBOOK"], r.stdout + r.stderr[-1000:]

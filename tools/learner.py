@@ -1,0 +1,261 @@
+"""Write the learner edition: learner/NN_name.ipynb for every exercise notebook in nbs/, solutions cleared.
+
+`make learner` runs this (and `make lab`, which only fills in what is missing). The notebooks in
+nbs/ are the solution edition: each task's solution sits between nbgrader's markers
+`### BEGIN SOLUTION` and `### END SOLUTION` in a code cell. Here nbgrader's own ClearSolutions
+preprocessor (without its app or database) replaces each such region with its stub,
+`# YOUR CODE HERE` + `raise NotImplementedError()`. Everything else stays as in nbs/: markdown
+(never changed), the other code, cell ids and metadata; outputs are cleared.
+
+A learner's notebook is never overwritten: an existing learner/NN_name.ipynb is kept as it is.
+With --force (`make learner FORCE=1`) it is first moved to learner/backup/<timestamp>/ (a new
+folder for each run, never overwriting a backup) and then the fresh one is written. Every write
+goes through a temporary file and os.replace, so a failure part-way leaves the learner's file as
+it was. Exit codes: 0 done, 1 a file could not be written, 2 a notebook in nbs/ is malformed
+(e.g. BEGIN SOLUTION without END SOLUTION); nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+
+# nbgrader logs a malformed cell's whole source before it raises; our error names the cell instead.
+_QUIET = logging.getLogger("mlops_day28.learner")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class LearnerError(Exception):
+    "A notebook in nbs/ that cannot be turned into its learner edition (the message names it and the cell)."
+
+
+def exercise_notebooks(folder: Path) -> list[Path]:
+    "The exercise notebooks in `folder`: NN*_*.ipynb whose name does not start with 00, in order."
+    return sorted(p for p in folder.glob("[0-9][0-9]*_*.ipynb") if not p.name.startswith("00"))
+
+
+@functools.cache
+def _preprocessor() -> type:
+    "nbgrader's ClearSolutions on code cells only; imported on first use (importing nbgrader takes seconds)."
+    from nbgrader.preprocessors import ClearSolutions
+
+    class ClearCodeSolutions(ClearSolutions):
+        "nbgrader's ClearSolutions on code cells only (markdown is never changed); an error names the cell."
+
+        def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+            if cell.cell_type != "code":
+                return cell, resources
+            where = f"{resources['name']}, cell {index + 1} (id {cell.get('id', '?')})"
+            open_region = False
+            for line in cell.source.split("\n"):  # an END without BEGIN: nbgrader would silently drop it
+                if self.begin_solution_delimeter in line:
+                    open_region = True
+                    resources["solutions"] += 1
+                elif self.end_solution_delimeter in line:
+                    if not open_region:
+                        raise LearnerError(f"{where}: {END!r} without {BEGIN!r} before it")
+                    open_region = False
+            try:
+                cell, resources = super().preprocess_cell(cell, resources, index)
+            except RuntimeError as e:
+                why = {
+                    "no end solution statement found": f"{BEGIN!r} without {END!r}",
+                    "encountered nested begin solution statements": f"{BEGIN!r} twice without {END!r} between them",
+                }.get(str(e), str(e))
+                raise LearnerError(f"{where}: {why}") from None
+            cell.outputs = []
+            cell.execution_count = None
+            return cell, resources
+
+    return ClearCodeSolutions
+
+
+def learner_edition(path: Path, name: str | None = None) -> tuple[NotebookNode, int]:
+    "The learner edition of the notebook at `path` and how many solutions it clears; `name` shows in errors."
+    import nbformat  # here, not at the top: importing it takes seconds, and keeping needs none of it
+
+    name = name or str(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # not JSON, not a notebook
+        raise LearnerError(f"{name}: not a readable notebook ({type(e).__name__}: {e})") from None
+    resources = {"name": name, "solutions": 0}
+    nb, resources = _preprocessor()(enforce_metadata=False, log=_QUIET).preprocess(nb, resources)
+    return nb, resources["solutions"]
+
+
+def nb_text(nb: NotebookNode) -> str:
+    "The notebook as nbformat writes it to a file (JSON, indent 1, a last newline)."
+    import nbformat
+
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _file_mode() -> int:
+    "The permissions a new file gets from open(): 0666 less the umask."
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomically(path: Path, text: str) -> None:
+    "Write `text` to `path` through a temporary file in the same folder and os.replace: all or nothing."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp's 0600 -> what a plain open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def new_backup_folder(out: Path) -> Path:
+    "A new, empty out/backup/<YYYYmmdd-HHMMSS>[-N]/: never one that exists (two runs in a second get two)."
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / "backup").mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = out / "backup" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"no free backup folder for {stamp} in {out / 'backup'}")
+
+
+def replace_keeping_backup(path: Path, text: str, backup: Path) -> None:
+    """Put `text` at `path` and the file that was there at `backup` (never overwritten).
+
+    The old file is hard-linked (or, where links are not possible, copied) to `backup` before the
+    fresh one replaces it atomically: at every moment `path` holds the learner's file or the new
+    one, and the learner's bytes are at `path` or at `backup`.
+    """
+    try:
+        os.link(path, backup)  # fails when `backup` exists
+    except FileExistsError:  # never overwrite a backup
+        raise
+    except OSError:  # a file system without hard links
+        with open(backup, "xb") as f:
+            f.write(path.read_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+    write_atomically(path, text)
+
+
+class Written(NamedTuple):
+    "What happened to one learner notebook."
+
+    target: Path
+    action: str  # "wrote", "kept", "replaced"
+    solutions: int = 0
+    backup: Path | None = None
+
+
+def _show(path: Path) -> str:
+    "`path` relative to the project when it is inside it."
+    path = path.absolute()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
+    """Write the learner edition of every exercise notebook in `nbs` to `out`; what was done to each.
+
+    Existing notebooks in `out` are kept, or with `force` backed up first. Every notebook to be
+    written is converted before anything is written, so a malformed one (LearnerError) leaves
+    `out` untouched.
+    """
+    sources = exercise_notebooks(nbs)
+    if not sources:
+        raise LearnerError(f"no exercise notebooks (NN_*.ipynb, not 00*) in {_show(nbs)}/")
+    editions = {src: learner_edition(src, _show(src)) for src in sources if force or not (out / src.name).exists()}
+    out.mkdir(parents=True, exist_ok=True)
+    done, backup_folder = [], None
+    for src in sources:
+        target = out / src.name
+        if src not in editions:
+            done.append(Written(target, "kept"))
+            continue
+        nb, solutions = editions[src]
+        text = nb_text(nb)
+        if force and target.exists():
+            backup_folder = backup_folder or new_backup_folder(out)
+            backup = backup_folder / src.name
+            replace_keeping_backup(target, text, backup)
+            done.append(Written(target, "replaced", solutions, backup))
+        else:
+            write_atomically(target, text)
+            done.append(Written(target, "wrote", solutions))
+    return done
+
+
+def describe(w: Written) -> str:
+    "One line on what happened to one notebook."
+    tasks = f"{w.solutions} solution{'s' if w.solutions != 1 else ''} cleared"
+    if w.action == "kept":
+        return f"kept {_show(w.target)} (yours)"
+    if w.action == "replaced":
+        return f"wrote {_show(w.target)} ({tasks}); yours moved to {_show(w.backup)}"
+    return f"wrote {_show(w.target)} ({tasks})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: move each existing learner notebook to learner/backup/<timestamp>/, then write a fresh one",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the notebooks written (for `make lab`)")
+    parser.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="the solution edition (default: nbs/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "learner", help="where to write (default: learner/)")
+    args = parser.parse_args(argv)
+
+    try:
+        done = build(args.nbs, args.out, force=args.force)
+    except LearnerError as e:
+        print(f"error: {e}; nothing was written", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(
+            f"error: could not write the learner edition: {e}; every notebook of yours is still in learner/ or learner/backup/",
+            file=sys.stderr,
+        )
+        return 1
+    for w in done:
+        if not (args.quiet and w.action == "kept"):
+            print(describe(w))
+    if args.quiet and all(w.action == "kept" for w in done):
+        return 0
+    start = _show(done[0].target)
+    kept = any(w.action == "kept" for w in done)
+    print(
+        f"Start with {start}: `make lab` opens it."
+        + (" (`make learner FORCE=1` starts over, keeping your copies in learner/backup/.)" if kept else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
