@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 3
 LINTED := mlops_day28 tests tools bench conftest.py
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help install workbook test test-fast lint learner lab mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: FORCE help install workbook test test-fast lint learner lab check mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ lint: install ## ruff: lint and formatting of the package, tests, tools and benc
 
 learner: install ## write your copy of the exercises to learner/ (never overwritten; FORCE=1 starts over, old copy to learner/backup/)
 	$(BIN)/python tools/learner.py $(if $(FORCE),--force)
+
+check: install ## the course's summary checklist from your tracking server and files (☑/☐; EXERCISE=2 for one)
+	@$(BIN)/mlops-check $(EXERCISE)
 
 lab: install ## start MLflow and JupyterLab on your copy of the exercises (learner/, written if missing)
 	@$(BIN)/python tools/learner.py --quiet

@@ -29,6 +29,7 @@ __all__ = [
     "config_changes",
     "runs_of_config",
     "misspelt_keys",
+    "checklist",
 ]
 
 # %% ../nbs/00m_checks_pipeline.ipynb #76f1a552
@@ -199,3 +200,10 @@ q3 = Task(
     _typo,
     "write a config with one key misspelt, record your guess, then run mlops-check-config my_typo.yaml",
 )
+
+
+# %% ../nbs/00m_checks_pipeline.ipynb #c6e2000e
+def checklist() -> Iterator[Result]:
+    "The course's checklist item 'Automated training pipeline', from your config and its runs."
+    yield from _my_config()
+    yield from _same_twice()

@@ -36,6 +36,7 @@ __all__ = [
     "test_split",
     "as_labels",
     "champion_scores",
+    "checklist",
 ]
 
 
@@ -258,3 +259,10 @@ q4 = Task(
     _q4,
     f'mlflow.pyfunc.load_model(f"models:/{{MY_MODEL}}@{ALIAS}").predict(test.X)',
 )
+
+
+# %% ../nbs/00l_checks_registry.ipynb #c5e2000e
+def checklist() -> Iterator[Result]:
+    "The course's checklist item 'Model versioning implemented', from your registry."
+    yield from _q1()
+    yield from _q3()

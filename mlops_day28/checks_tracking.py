@@ -12,7 +12,7 @@ from pathlib import Path
 from .exercises import Result, Task, current_notebook, learner_variable, your_runs
 
 # %% auto #0
-__all__ = ["RUN_NAME", "PARAMS", "METRICS", "q1", "q2", "q3", "wandb_records"]
+__all__ = ["RUN_NAME", "PARAMS", "METRICS", "q1", "q2", "q3", "wandb_records", "checklist"]
 
 # %% ../nbs/00k_checks_tracking.ipynb #c4e20007
 RUN_NAME = "my_run"
@@ -194,3 +194,9 @@ q3 = Task(
     'The course\'s Option B: wandb.init(project=..., mode="offline", config={...}); wandb.log per epoch; '
     "wandb.log an Image; wandb_run.finish().",
 )
+
+
+# %% ../nbs/00k_checks_tracking.ipynb #c4e2000e
+def checklist():
+    "The course's checklist item 'Experiment tracking set up', from what lasts: your complete run."
+    yield from _q1()

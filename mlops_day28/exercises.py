@@ -16,6 +16,7 @@ from .schema import find_project_root
 
 # %% auto #0
 __all__ = [
+    "NOTEBOOK_ONLY",
     "STRICT_ENV",
     "BEGIN",
     "END",
@@ -25,6 +26,7 @@ __all__ = [
     "your_folder",
     "your_runs",
     "NotebookNotDeclared",
+    "OutsideNotebook",
     "Result",
     "Task",
     "solution_code",
@@ -103,6 +105,10 @@ class NotebookNotDeclared(Exception):
     "No notebook was declared in this process, so no run can be told apart as the learner's."
 
 
+class OutsideNotebook(Exception):
+    "A check that reads a variable of the notebook, asked outside one (`mlops-check` in a terminal)."
+
+
 # %% ../nbs/00j_exercises.ipynb #e7a1000c
 @dataclass
 class Result:
@@ -116,6 +122,7 @@ class Result:
         return f"✓ {self.what}" if self.ok else f"✗ {self.what}" + (f"\n    hint: {self.hint}" if self.hint else "")
 
 
+NOTEBOOK_ONLY = "checked in the notebook only"  # a criterion that reads a notebook variable, asked from a terminal
 STRICT_ENV = "MLOPS_STRICT_CHECKS"  # "1": a ✗ raises (the solution edition under the tests and make workbook)
 
 
@@ -129,6 +136,8 @@ def _failure(e: BaseException) -> Result:
     "The ✗ for an error met while checking."
     if isinstance(e, NotebookNotDeclared):
         return Result(False, "this notebook is declared", "run the set-up cell at the top of the notebook first")
+    if isinstance(e, OutsideNotebook):
+        return Result(False, f"{NOTEBOOK_ONLY}: it reads your variable `{e}`", "run its check there")
     text = _one_line(e)
     if any(s in text for s in ("Connection refused", "Max retries", "ConnectionError", "API request to")):
         return Result(False, "the tracking server answers", "start it (`make mlflow`), then re-run the set-up cell")
@@ -214,16 +223,18 @@ def solution_code(
 
 # %% ../nbs/00j_exercises.ipynb #e7a10011
 def learner_variable(name: str):
-    "The value of `name` in the notebook's namespace (what the learner defined), or raise NameError."
+    "The value of `name` in the notebook's namespace (what the learner defined); NameError if undefined."
     try:
         from IPython import get_ipython
 
-        ns = get_ipython().user_ns if get_ipython() else {}
+        shell = get_ipython()
     except ImportError:
-        ns = {}
-    if name not in ns:
+        shell = None
+    if shell is None:
+        raise OutsideNotebook(name)
+    if name not in shell.user_ns:
         raise NameError(name)
-    return ns[name]
+    return shell.user_ns[name]
 
 
 def has_variable(name: str, what: str) -> Result:

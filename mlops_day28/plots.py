@@ -105,19 +105,39 @@ def plot_heatmaps(table: pd.DataFrame, keys: list[str], metric: str = "final_val
     return fig
 
 
-def plot_parallel_coordinates(table: pd.DataFrame, keys: list[str], metric: str = "final_val_accuracy") -> Figure:
+def _axis_labels(values: np.ndarray, log: bool) -> list[tuple[float, str]]:
+    "(value, label) pairs for one axis: every value when there are few (a grid's), else five even steps."
+    distinct = np.unique(values)
+    if len(distinct) > 6:
+        lo, hi = distinct.min(), distinct.max()
+        distinct = np.geomspace(lo, hi, 5) if log else np.linspace(lo, hi, 5)
+    return [(float(v), f"{v:.3g}") for v in distinct]
+
+
+def plot_parallel_coordinates(
+    table: pd.DataFrame,
+    keys: list[str],
+    metric: str = "final_val_accuracy",
+    title: str | None = None,  # default: how many trials, and what the colour is
+) -> Figure:
     "One line per complete trial across its (log-scaled where fitting) values and score, coloured by score."
     done = table[table.state == "complete"].sort_values(metric)
     cols = [*keys, metric]
-    scaled = []
+    scaled, labels = [], []
     for c in cols:
-        v = done[c].astype(float).to_numpy()
-        if c != metric and v.min() > 0 and v.max() / v.min() >= 100:
-            v = np.log10(v)
-        span = v.max() - v.min()
-        scaled.append((v - v.min()) / span if span else np.full_like(v, 0.5))
+        raw = done[c].astype(float).to_numpy()
+        log = c != metric and raw.min() > 0 and raw.max() / raw.min() >= 100
+        v = np.log10(raw) if log else raw
+        lo, span = v.min(), v.max() - v.min()
+
+        def place(x, log=log, lo=lo, span=span):
+            x = np.log10(x) if log else x
+            return (x - lo) / span if span else np.full_like(np.asarray(x, dtype=float), 0.5)
+
+        scaled.append(place(raw))
+        labels.append([(float(place(np.array([x]))[0]), text) for x, text in _axis_labels(raw, log)])
     scaled = np.stack(scaled, 1)
-    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     norm = mpl.colors.Normalize(done[metric].min(), done[metric].max())
     cmap = mpl.colormaps["viridis"]
@@ -125,11 +145,20 @@ def plot_parallel_coordinates(table: pd.DataFrame, keys: list[str], metric: str 
         ax.plot(range(len(cols)), row, color=cmap(norm(score)), alpha=0.8)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks([])
-    ax.set_ylim(-0.14, 1.12)  # room for each axis's range, printed at its ends
-    for i, c in enumerate(cols):
+    ax.set_xlim(-0.3, len(cols) - 0.7)
+    ax.set_ylim(-0.06, 1.06)
+    for i, axis in enumerate(labels):
         ax.axvline(i, color="grey", lw=0.5)
-        lo, hi = done[c].min(), done[c].max()
-        ax.text(i, -0.06, f"{lo:.3g}", ha="center", va="top", fontsize=8)
-        ax.text(i, 1.04, f"{hi:.3g}", ha="center", va="bottom", fontsize=8)
+        for y, text in axis:  # each axis's own values, beside it
+            ax.text(
+                i + 0.03,
+                y,
+                text,
+                ha="left",
+                va="center",
+                fontsize=7,
+                bbox=dict(fc="white", ec="none", pad=0.5, alpha=0.7),
+            )
     fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    ax.set_title(title or f"{len(done)} trials, one line each, coloured by {metric}")
     return fig

@@ -5,9 +5,11 @@
 # %% ../nbs/06c_prometheus.ipynb #4c94b0a3
 from __future__ import annotations
 
-import itertools
+import atexit
 import json
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,25 +19,21 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from matplotlib.figure import Figure
 
 from .errors import MlopsError
-from .processes import HOST, Process, free_port, http_get, start_process
+from .processes import HOST, Process, free_port, http_get, wait_until
 
 # %% auto #0
 __all__ = [
     "promtool",
+    "launch",
+    "ready_",
     "start_service",
     "start_prometheus",
     "scrape",
     "send_traffic",
     "prometheus_get",
     "alert_state",
-    "histogram_quantile",
-    "dashboard_series",
-    "prometheus_series",
-    "plot_dashboard",
-    "emulate_alert",
 ]
 
 
@@ -45,23 +43,62 @@ def promtool() -> str | None:
     return shutil.which("promtool")
 
 
+# %% ../nbs/06c_prometheus.ipynb #4286a8ba
+_STARTED: dict[int, tuple[Process, Callable[[], bool]]] = {}
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the starting thread ends
+
+
+def _stop_all() -> None:
+    for proc, _ in list(_STARTED.values()):
+        if proc.popen.poll() is None:
+            proc.stop()
+
+
+def launch(
+    cmd: list[str], name: str, url: str, ready: Callable[[], bool], timeout: float, wait: bool = True
+) -> Process:
+    "Start `cmd` in the background, tied to this process; wait until `ready` unless `wait` is False."
+    log = Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log"
+    tie = {"preexec_fn": _die_with_parent} if sys.platform == "linux" else {}
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **tie
+        )
+    if not _STARTED:
+        atexit.register(_stop_all)
+    proc = Process(name, popen, url, log)
+    _STARTED[popen.pid] = (proc, ready)
+    return ready_(proc, timeout) if wait else proc
+
+
+def ready_(proc: Process, timeout: float = 120) -> Process:
+    "Wait until `proc` (from `launch`) is ready; stop it and raise if it never is."
+    try:
+        wait_until(_STARTED[proc.pid][1], timeout, proc.name, proc.popen, proc.log)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 # %% ../nbs/06c_prometheus.ipynb #db5453fe
 def start_service(
     config: str | Path,  # the config `mlops-serve` reads
     port: int,
     model_uri: str | None = None,  # default: the config's (the champion)
     timeout: float = 120,
+    wait: bool = True,  # False: return at once; `ready_(service)` waits
 ) -> Process:
     "Run `mlops-serve` on 127.0.0.1:`port` in the background and wait for /health."
     cmd = [str(Path(sys.executable).parent / "mlops-serve"), "--config", str(config), "--port", str(port)]
     url = f"http://{HOST}:{port}"
-    return start_process(
-        [*cmd, *(["--model", model_uri] if model_uri else [])],
-        "mlops-serve",
-        url,
-        timeout=timeout,
-        ready=lambda: (http_get(f"{url}/health") or (0,))[0] == 200,
-    )
+    ready = lambda: (http_get(f"{url}/health") or (0,))[0] == 200  # noqa: E731
+    return launch([*cmd, *(["--model", model_uri] if model_uri else [])], "mlops-serve", url, ready, timeout, wait)
 
 
 def start_prometheus(
@@ -69,7 +106,8 @@ def start_prometheus(
     rule_files: list[str | Path] = (),  # alert rule files
     port: int | None = None,
     interval: str = "1s",
-    timeout: float = 60,
+    timeout: float = 120,
+    wait: bool = True,  # False: return at once; `ready_(prometheus)` waits until it scrapes every target
 ) -> Process | None:
     "Run a Prometheus server on 127.0.0.1 scraping `targets`, with a throwaway data folder; None if not installed."
     binary = shutil.which("prometheus")
@@ -97,7 +135,7 @@ def start_prometheus(
         active = json.loads(answer[1])["data"]["activeTargets"] if answer and answer[0] == 200 else []
         return len(active) == len(targets) and all(t["health"] == "up" for t in active)
 
-    return start_process(cmd, "prometheus", url, ready=scraping, timeout=timeout, log=work / "prometheus.log")
+    return launch(cmd, "prometheus", url, scraping, timeout, wait)
 
 
 # %% ../nbs/06c_prometheus.ipynb #ed620817
@@ -127,6 +165,7 @@ def send_traffic(
     phase: str = "",
     samples: list | None = None,
     alerts: Callable | None = None,
+    stop_when: Callable[[dict], bool] | None = None,  # a reading after which 1 s more is enough
 ) -> int:
     "Send batches from (X, y) for `seconds`, with feedback one request late; record /metrics readings in `samples`."
     rng = np.random.default_rng(len(samples or []))
@@ -148,6 +187,8 @@ def send_traffic(
             if samples is not None and tick - last >= 0.5:
                 samples.append({"time": time.time(), "phase": phase, **scrape(url), **(alerts() if alerts else {})})
                 last = tick
+                if stop_when and stop_when(samples[-1]):
+                    end, stop_when = min(end, time.monotonic() + 1), None
             time.sleep(max(0.0, 1 / rate - (time.monotonic() - tick)))
     return sent
 
@@ -170,119 +211,3 @@ def alert_state(prometheus_url: str, alertname: str) -> str:
         if a["labels"].get("alertname") == alertname
     ]
     return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
-
-
-# %% ../nbs/06c_prometheus.ipynb #74715546
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
-    "Prometheus' estimate of quantile `q` from cumulative bucket counts {upper bound: count}."
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return float("nan")
-    rank, prev_bound, prev_count = q * total, 0.0, 0.0
-    for b in bounds:
-        if buckets[b] >= rank:
-            if b == float("inf"):
-                return prev_bound
-            return prev_bound + (b - prev_bound) * (rank - prev_count) / max(buckets[b] - prev_count, 1e-12)
-        prev_bound, prev_count = b, buckets[b]
-    return bounds[-2] if len(bounds) > 1 else float("nan")
-
-
-def _buckets(sample: dict, name: str) -> dict[float, float]:
-    prefix = f'{name}_bucket{{le="'
-    return {float(k[len(prefix) : -2]): v for k, v in sample.items() if k.startswith(prefix)}
-
-
-def dashboard_series(samples: list[dict]) -> dict[str, np.ndarray]:
-    "Time series for the dashboard from successive /metrics readings (what Prometheus would compute)."
-    t = np.array([s["time"] for s in samples])
-    dt = np.diff(t)
-
-    def counter(key: str) -> np.ndarray:
-        return np.array([s.get(key, 0.0) for s in samples])
-
-    reqs = counter('http_requests_total{handler="/predict",method="POST",status="2xx"}')
-    p50, p95 = [], []
-    for a, b in itertools.pairwise(samples):
-        ba, bb = _buckets(a, "model_prediction_latency_seconds"), _buckets(b, "model_prediction_latency_seconds")
-        delta = {k: bb[k] - ba.get(k, 0.0) for k in bb}
-        p50.append(histogram_quantile(0.5, delta))
-        p95.append(histogram_quantile(0.95, delta))
-    return {
-        "t": t[1:] - t[0],
-        "request_rate": np.diff(reqs) / dt,
-        "latency_p50": np.array(p50),
-        "latency_p95": np.array(p95),
-        "accuracy": counter("model_accuracy")[1:],
-        "drift": counter("model_input_drift_psi")[1:],
-    }
-
-
-# %% ../nbs/06c_prometheus.ipynb #8ca68687
-def prometheus_series(url: str, start: float, end: float, step: float = 1.0) -> dict[str, np.ndarray]:
-    "The dashboard's time series from Prometheus range queries."
-    queries = {
-        "request_rate": 'sum(rate(http_requests_total{handler="/predict"}[5s]))',
-        "latency_p50": "histogram_quantile(0.5, sum by (le) (rate(model_prediction_latency_seconds_bucket[5s])))",
-        "latency_p95": "histogram_quantile(0.95, sum by (le) (rate(model_prediction_latency_seconds_bucket[5s])))",
-        "accuracy": "model_accuracy",
-        "drift": "model_input_drift_psi",
-    }
-    start, end = int(start), int(np.ceil(end))  # whole seconds: the answer's timestamps are then exact
-    out, grid = {}, np.arange(start, end + 1, step)
-    for key, expr in queries.items():
-        result = prometheus_get(url, "/api/v1/query_range", query=expr, start=start, end=end, step=step)["result"]
-        values = {round(float(t), 3): float(v) for t, v in result[0]["values"]} if result else {}
-        out[key] = np.array([values.get(round(float(g), 3), np.nan) for g in grid])
-    out["t"] = grid - start
-    return out
-
-
-def plot_dashboard(
-    series: dict[str, np.ndarray], classes: dict[str, float], drift_start: float | None = None, source: str = ""
-):
-    "Request rate, latency p50/p95, class distribution, rolling accuracy and drift, as one figure."
-    fig = Figure(figsize=(13, 6.5), layout="constrained")
-    axes = fig.subplots(2, 3)
-    t = series["t"]
-    panels = [
-        (axes[0, 0], "requests/s", [("request_rate", "/predict")]),
-        (axes[0, 1], "latency in the model (ms)", [("latency_p50", "p50"), ("latency_p95", "p95")]),
-        (axes[1, 0], "rolling accuracy", [("accuracy", "accuracy")]),
-        (axes[1, 1], "input drift (PSI)", [("drift", "PSI")]),
-    ]
-    for ax, title, lines in panels:
-        for key, label in lines:
-            v = series[key] * (1000 if key.startswith("latency") else 1)
-            ax.plot(t, v, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("seconds")
-        ax.grid(alpha=0.3)
-        if drift_start is not None:
-            ax.axvspan(drift_start, t[-1] if len(t) else drift_start, color="orange", alpha=0.12)
-        if len(lines) > 1:
-            ax.legend()
-    axes[1, 1].axhline(0.2, color="red", ls="--", lw=1, label="alert threshold")
-    axes[1, 1].legend()
-    axes[1, 0].axhline(0.9, color="red", ls="--", lw=1)
-    names = sorted(classes, key=lambda c: int(c) if c.isdigit() else c)
-    axes[0, 2].bar(names, [classes[c] for c in names])
-    axes[0, 2].set_title("predicted classes (all requests)")
-    axes[1, 2].axis("off")
-    axes[1, 2].text(0, 0.5, f"source: {source}\nshaded: drifted traffic", fontsize=10, va="center")
-    return fig
-
-
-# %% ../nbs/06c_prometheus.ipynb #88d669f0
-def emulate_alert(times: np.ndarray, values: np.ndarray, threshold: float, for_seconds: float) -> list[str]:
-    "The state a `value > threshold` rule with `for: for_seconds` would have at each time."
-    states, since = [], None
-    for t, v in zip(times, values, strict=True):
-        if v > threshold:
-            since = t if since is None else since
-            states.append("firing" if t - since >= for_seconds else "pending")
-        else:
-            since = None
-            states.append("inactive")
-    return states

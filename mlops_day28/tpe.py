@@ -29,7 +29,7 @@ from .lifecycle import closing_run
 from .sweep import SweepResult, finish_sweep, start_sweep
 
 # %% auto #0
-__all__ = ["storage_url", "suggest_values", "tpe_worker", "run_tpe_sweep"]
+__all__ = ["storage_url", "round_sig", "suggest_values", "tpe_worker", "run_tpe_sweep"]
 
 
 # %% ../nbs/04b_tpe.ipynb #b30d303d
@@ -51,13 +51,18 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
 
 
+def round_sig(value: float, digits: int = 3) -> float:
+    "`value` to `digits` significant digits: 0.3673966560465861 -> 0.367."
+    return float(f"{value:.{digits}g}")
+
+
 def suggest_values(trial: optuna.Trial, grid: dict[str, list]) -> dict[str, Any]:
-    "Values for one trial within the grid's ranges: floats continuous (log if wide), the rest a choice."
+    "Values for one trial within the grid's ranges: floats continuous (log if wide, 3 significant digits), the rest a choice."
     values = {}
     for key, options in grid.items():
         if len(set(options)) > 1 and all(isinstance(v, float) for v in options):
             lo, hi = min(options), max(options)
-            values[key] = trial.suggest_float(key, lo, hi, log=lo > 0 and hi / lo >= 100)
+            values[key] = round_sig(trial.suggest_float(key, lo, hi, log=lo > 0 and hi / lo >= 100))
         else:
             values[key] = trial.suggest_categorical(key, options)
     return values
@@ -112,7 +117,7 @@ def tpe_worker(
                 "sweep.name": cfg.sweep.name,
                 "sweep.strategy": "tpe",
                 "optuna.trial": str(trial.number),
-                "run_name": f"tpe{trial.number:03d}_{trial_run_name(values)}",
+                "run_name": f"tpe{trial.number:03d}_{trial_run_name(values, cfg.sweep.grid)}",
             },
             report=report,
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
@@ -143,6 +148,7 @@ def run_tpe_sweep(
     "Search the grid's ranges with Optuna TPE (+ median pruning); workers share the study through its storage."
     n_trials = n_trials or cfg.sweep.n_trials or len(grid_points(cfg.sweep.grid))
     n_jobs = n_jobs or cfg.sweep.n_jobs
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial: the runs say it
     parent_id, exp_id, resumed = start_sweep(cfg, "tpe")
     url, study_name = storage_url(cfg), f"{cfg.experiment_name}/{cfg.sweep.name}"
     with closing_run(parent_id, "the sweep", cfg.root):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
@@ -177,7 +183,7 @@ def run_tpe_sweep(
     trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
     ran = [
         TrialResult(
-            dict(t.params),
+            {k: round_sig(v) if isinstance(v, float) else v for k, v in t.params.items()},
             t.user_attrs.get("mlflow_run_id", ""),
             t.state.name.lower().replace("fail", "failed"),
             t.value,

@@ -34,6 +34,9 @@ from .training import prepare_training
 __all__ = [
     "SHORT_NAMES",
     "trial_run_name",
+    "searched",
+    "fixed_values",
+    "grid_summary",
     "trial_key",
     "grid_points",
     "TrialResult",
@@ -48,21 +51,55 @@ __all__ = [
 # %% ../nbs/04a_trials.ipynb #83a3925b
 SHORT_NAMES = {
     "training.learning_rate": "lr",
-    "training.batch_size": "bs",
-    "model.dropout": "do",
+    "training.batch_size": "b",
+    "model.dropout": "d",
     "training.num_epochs": "ep",
-    "model.hidden_size": "hs",
+    "model.hidden_size": "h",
     "training.weight_decay": "wd",
 }
 
 
-def trial_run_name(values: dict[str, Any]) -> str:
-    "A run name like `lr0.001_bs32_do0.5` for the trial's values."
-    return "_".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])}{_short(v)}" for k, v in values.items())
+def trial_run_name(
+    values: dict[str, Any],
+    grid: dict[str, list] | None = None,  # name only the keys this grid searches (all keys without it)
+) -> str:
+    "A short run name like `lr1e-3_b32_d.5` for the trial's values."
+    keys = [k for k in values if grid is None or k in searched(grid)] or list(values)
+    return "_".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])}{_short(values[k])}" for k in keys)
 
 
 def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float) or value == 0:
+        return str(value)
+    if abs(value) < 0.1:  # 0.001 -> 1e-3, 0.00367 -> 3.67e-3
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    text = f"{value:.3g}"
+    return text[1:] if text.startswith("0.") else text.replace("-0.", "-.")  # 0.5 -> .5
+
+
+def searched(grid: dict[str, list]) -> list[str]:
+    "The grid's keys that have several values: what the sweep searches."
+    return [k for k, v in grid.items() if len(v) > 1]
+
+
+def fixed_values(grid: dict[str, list]) -> dict[str, Any]:
+    "The grid's keys with one value: settings every trial shares (the sweep's budget)."
+    return {k: v[0] for k, v in grid.items() if len(v) == 1}
+
+
+def grid_summary(grid: dict[str, list], strategy: str = "grid") -> dict[str, str]:
+    "A sweep parent's params: each searched key's values (TPE: the range), each shared key's value, the strategy."
+    params = {}
+    for k in searched(grid):
+        ranged = strategy == "tpe" and all(isinstance(v, float) for v in grid[k])
+        params[k] = f"{min(grid[k]):g} to {max(grid[k]):g}" if ranged else ", ".join(map(_show, grid[k]))
+    params.update({k: _show(v) for k, v in fixed_values(grid).items()})
+    return {**params, "sweep.strategy": strategy, "sweep.grid_points": str(len(grid_points(grid)))}
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def trial_key(values: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ _spec.loader.exec_module(learner)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-WITH_TASKS = ["01_tracking", "02_registry", "03_pipeline"]
+WITH_TASKS = ["01_tracking", "02_registry", "03_pipeline", "04_sweep", "05_cicd", "06_monitoring"]
 CHECK = re.compile(r"^(q\d+)\.check\(\)", re.M)
 
 

@@ -25,6 +25,29 @@ PLAIN = {
     ],
     "02_registry": ["mlflow.register_model(", "set_registered_model_alias(", "mlflow.pyfunc.load_model("],
     "03_pipeline": ["yaml.safe_load(", "mlflow.start_run(", "mlflow.log_params(", "mlflow.log_metrics("],
+    "04_sweep": [
+        "mlflow.start_run(run_name=",
+        "nested=True",
+        "mlflow.log_params(",
+        "mlflow.log_metric(",
+        "mlflow.search_runs(",
+    ],
+    "05_cicd": [
+        "def test_model_forward_pass",
+        "def test_model_accuracy_threshold",
+        "def test_prediction_time",
+        "runs-on:",
+        "mlops-evaluate",
+    ],
+    "06_monitoring": [
+        "CollectorRegistry(",
+        "Counter(",
+        "Histogram(",
+        "Gauge(",
+        ".labels(",
+        "Instrumentator(",
+        ".instrument(app).expose(app)",
+    ],
 }
 TASK = re.compile(r"^#\s*(q\d+)\s*:")
 

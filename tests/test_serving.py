@@ -22,14 +22,12 @@ import yaml
 from fastapi.testclient import TestClient
 
 from mlops_day28.config import load_config
+from mlops_day28.dashboard import dashboard_series, emulate_alert, histogram_quantile
 from mlops_day28.drift import InputProfile, PixelDrift, drifted
 from mlops_day28.models import ARCHITECTURES, build_model
 from mlops_day28.payloads import INVALID_REASONS
 from mlops_day28.processes import free_port
 from mlops_day28.prometheus import (
-    dashboard_series,
-    emulate_alert,
-    histogram_quantile,
     prometheus_get,
     scrape,
     send_traffic,

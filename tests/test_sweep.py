@@ -227,3 +227,25 @@ def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(tracking_uri, monkeypat
     assert len(err) == 1 and "a TPE worker exited with code [3, 3]" in err[0] and "finished trials are kept" in err[0]
     parent = sweep.find_sweep(name, "tests_sweep")
     assert MlflowClient().get_run(parent).info.status == "FAILED"
+
+
+def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(tracking_uri):
+    "Names, the parent's params and best_config treat `training.num_epochs: [1]` as every trial's budget."
+    grid = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32], "training.num_epochs": [1]}'
+    cfg = load_config(
+        TINY, ["experiment_name=tests_sweep", f"sweep.name=budget_{uuid.uuid4().hex[:8]}", f"sweep.grid={grid}"]
+    )
+    first = run_grid_sweep(cfg, n_jobs=1, limit=1, progress=False)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(first.parent_run_id)}
+    assert "results.csv" in artifacts and "parallel_coordinates.png" not in artifacts  # plots once all are in
+    result = run_grid_sweep(cfg, n_jobs=1, progress=False)
+    assert sorted(results_table(result.parent_run_id).run_name) == ["lr1e-2", "lr1e-3"]
+    params = MlflowClient().get_run(result.parent_run_id).data.params
+    assert params["training.learning_rate"] == "0.001, 0.01" and params["training.num_epochs"] == "1"
+    assert "model.hidden_size" not in params  # the base config is an artifact, not the parent's params
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.parent_run_id)}
+    assert {"base_config.yaml", "parallel_coordinates.png"} <= artifacts
+    assert "heatmap.png" not in artifacts  # one searched key: nothing to lay out on two axes
+    best = sweep.best_config(cfg, result)
+    assert best.training.num_epochs == cfg.training.num_epochs  # the budget stays the base config's
+    assert best.training.learning_rate == result.best["training.learning_rate"]

@@ -69,7 +69,10 @@ def summarize(uri: str) -> list[str]:
             lines.append(f"  experiment {exp.name!r}: {len(runs)} run{'s' if len(runs) != 1 else ''}")
     models = client.search_registered_models()
     for m in models:
-        aliases = ", ".join(f"@{a}->v{v}" for a, v in (m.aliases or {}).items())
+        found = dict(m.aliases or {})
+        aliases = ", ".join(f"@{a}->v{v}" for a, v in sorted(found.items()))
+        if found.get("champion") and found.get("champion") == found.get("challenger"):
+            aliases += f"; v{found['champion']} was the last challenger and won the gate: it is the champion now"
         lines.append(f"  registered model {m.name!r}" + (f" ({aliases})" if aliases else ""))
     return lines
 
