@@ -95,15 +95,27 @@ def check(
     ] = None,
 ) -> int:
     "The course's summary checklist from your tracking server and files: ☑ done, ☐ not yet, with a hint; exit 0 when all done."
-    import mlflow
-
+    import mlops_day28.exercises as ex
     from mlops_day28.config import find_project_root
-    from mlops_day28.exercises import NOTEBOOK_ONLY
+    from mlops_day28.lifecycle import env_set
 
     root = find_project_root()
     folder = (folder or default_folder(root)).resolve()
-    mlflow.set_tracking_uri(uri := tracking_uri())
+    uri = tracking_uri()
     print(f"Your work in {_show(folder, root)}/, on the tracking server {uri}:")
+    declared, ipynb = ex._NOTEBOOK, os.environ.get("IPYNB_FILE")
+    try:  # the server through the environment, not mlflow.set_tracking_uri: the caller's settings stay as they were
+        with env_set(MLFLOW_TRACKING_URI=uri):
+            return _report(exercise, folder)
+    finally:  # the notebook the caller declared, if any (item_results declares each exercise's in turn)
+        ex._NOTEBOOK = declared
+        os.environ.pop("IPYNB_FILE", None) if ipynb is None else os.environ.update(IPYNB_FILE=ipynb)
+
+
+def _report(exercise: int | None, folder: Path) -> int:
+    "Print the items (or one exercise and its tasks); 0 when every item shown is done."
+    from mlops_day28.exercises import NOTEBOOK_ONLY
+
     chosen = [exercise] if exercise else [i for i, *_ in ITEMS]
     done = 0
     for i in chosen:
@@ -114,14 +126,12 @@ def check(
         for r in results if exercise else [r for r in results if not r.ok][:1]:
             print("   ", str(r).replace("\n", "\n    "))
     if exercise:
-        tasks = exercise_tasks(exercise)
         print(f"\nIts tasks (run each check in {ITEMS[exercise - 1][2]} for the ones that read your variables):")
-        for t in tasks:
+        for t in exercise_tasks(exercise):
             marks = "".join("·" if r.what.startswith(NOTEBOOK_ONLY) else "✓✗"[not r.ok] for r in t.results())
             print(f"  {t.name}: {t.title}  {marks}")
         print("  (· checked in the notebook only: it reads a variable you define there)")
     else:
-        print(
-            f"\n{done} of {len(chosen)} done." + ("" if done == len(chosen) else " `mlops-check N` shows exercise N.")
-        )
+        more = "" if done == len(chosen) else " `mlops-check N` shows exercise N."
+        print(f"\n{done} of {len(chosen)} done.{more}")
     return 0 if done == len(chosen) else 1

@@ -69,3 +69,17 @@ def test_help_imports_nothing_heavy():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-1500:]
+
+
+def test_the_callers_mlflow_settings_are_left_as_they_were(answering, monkeypatch, tmp_path):
+    "mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: a check in a test process must not change either."
+    import os
+
+    import mlops_day28.exercises as ex
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1234")
+    monkeypatch.setattr(checklist, "_module", lambda exercise: _fake(True))
+    before = ex._NOTEBOOK
+    checklist.check(["--folder", str(tmp_path)])
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1234"
+    assert ex._NOTEBOOK == before
