@@ -82,4 +82,4 @@ def test_the_callers_mlflow_settings_are_left_as_they_were(answering, monkeypatc
     before = ex._NOTEBOOK
     checklist.check(["--folder", str(tmp_path)])
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1234"
-    assert ex._NOTEBOOK == before
+    assert before == ex._NOTEBOOK
