@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from pathlib import Path
 
 from .exercises import Result, Task, current_notebook, learner_variable, your_runs
@@ -117,8 +118,17 @@ q2 = Task(
 
 
 # %% ../nbs/00k_checks_tracking.ipynb #c4e2000b
-def wandb_records(path: str | Path) -> list:
-    "The protobuf records of an offline W&B run file (`run-<id>.wandb`)."
+def wandb_records(path: str | Path, wait: float = 15.0) -> list:
+    "The protobuf records of an offline W&B run file (`run-<id>.wandb`), waiting up to `wait` s for its last one."
+    deadline = time.monotonic() + wait
+    while True:  # W&B's service writes the file in the background, and may still be writing after finish()
+        records = _read_records(path)
+        if any(_kind(r) == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _read_records(path: str | Path) -> list:
     from wandb.proto import wandb_internal_pb2 as pb
 
     raw, block, pos, chunk, out = Path(path).read_bytes(), 32768, 7, b"", []
