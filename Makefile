@@ -50,7 +50,7 @@ workbook: install ## run every exercise notebook against the local MLflow server
 	MLOPS_CONFIG=$(CONFIG) $(BIN)/python tools/run_workbook.py
 
 test: install lint ## everything: lint, the tests in tests/ and every notebook executed by nbval
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
 	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not notebook and not server and not slow"

@@ -6,6 +6,11 @@ Tiers. Every test is marked by what it needs, so `make test-fast` can leave the 
   starts servers of its own (marked in its file);
 - `slow`: runs a real command end to end, or trains for more than a few seconds (marked in its file).
 
+Scheduling (`pytest -n 3 --dist loadfile --no-loadscope-reorder`): each file is one unit of
+work, sent whole to one process, longest first (`_FIRST`); the six exercise notebooks are one
+unit together, run in order on one server as `make workbook` runs them, followed by
+tests/test_workbook_ticks.py, which asks `mlops-check` about what they left there.
+
 One MLflow server serves each test process: it is started on a free port in a temporary
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
 (so kernels inherit it), and stopped by process id at the end. With `pytest -n 2` each
@@ -14,6 +19,7 @@ already have.
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -39,31 +45,51 @@ def _needs_server(item) -> bool:
     return item.path.suffix == ".ipynb" or _SERVER_FIXTURE in getattr(item, "fixturenames", ())
 
 
+EXERCISES = "exercises"  # one unit of work: the exercise notebooks, then the test that reads what they left
+_TICKS = "test_workbook_ticks"
+
+
+def _group(path: str) -> str:
+    "The unit of work of the test at `path` (relative to the project): the exercises, or its own file."
+    exercise = re.fullmatch(r"nbs/0[1-9]_[^/]*\.ipynb", path) or path == f"tests/{_TICKS}.py"
+    return EXERCISES if exercise else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    "`--dist loadfile`, with the exercise notebooks and the test after them as one unit (see `_group`)."
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ExercisesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    return ExercisesTogether(config, log)
+
+
 # The longest files first, so that `pytest -n` does not end waiting on one of them (measured with
 # --durations: the exercises that train the most, then the tests, then the reference notebooks).
 _FIRST = [
-    "06_monitoring",
-    "04_sweep",
+    EXERCISES,
     "test_learner_edition",
-    "03_pipeline",
     "test_sweep",
     "test_evaluate",
     "test_serving",
-    "05_cicd",
     "test_pipeline",
-    "02_registry",
     "test_tracking_server",
-    "01_tracking",
     "00d_tracking_server",
 ]
 
 
-def _cost_rank(item) -> tuple[int, int]:
+def _cost_rank(item) -> tuple[int, int, str]:
     "Where `item`'s file goes in the queue: the known long ones, the tests, then the notebooks."
-    stem = item.path.stem
+    group, stem = _group(item.nodeid.split("::", 1)[0]), item.path.stem
+    if group == EXERCISES:  # in the workbook's order, then the test that reads what they left
+        return 0, 0, "~" if stem == _TICKS else stem
     if stem in _FIRST:
-        return 0, _FIRST.index(stem)
-    return (1, 0) if item.path.suffix == ".py" else (2, 0)
+        return 0, _FIRST.index(stem), ""
+    return (1, 0, "") if item.path.suffix == ".py" else (2, 0, "")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks

@@ -105,7 +105,8 @@ def check(
     print(f"Your work in {_show(folder, root)}/, on the tracking server {uri}:")
     declared, ipynb = ex._NOTEBOOK, os.environ.get("IPYNB_FILE")
     try:  # the server through the environment, not mlflow.set_tracking_uri: the caller's settings stay as they were
-        with env_set(MLFLOW_TRACKING_URI=uri):
+        quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for each model a check loads
+        with env_set(MLFLOW_TRACKING_URI=uri, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=quiet):
             return _report(exercise, folder)
     finally:  # the notebook the caller declared, if any (item_results declares each exercise's in turn)
         ex._NOTEBOOK = declared

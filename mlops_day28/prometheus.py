@@ -166,12 +166,17 @@ def send_traffic(
     samples: list | None = None,
     alerts: Callable | None = None,
     stop_when: Callable[[dict], bool] | None = None,  # a reading after which 1 s more is enough
+    progress: bool = True,  # a bar over the seconds, with the requests sent and the alert's state
 ) -> int:
     "Send batches from (X, y) for `seconds`, with feedback one request late; record /metrics readings in `samples`."
+    from mlops_day28.training import progress_bar  # torch: only where traffic is sent, not in the service
+
     rng = np.random.default_rng(len(samples or []))
     sent, last, pending = 0, 0.0, None
-    with httpx.Client(base_url=url, timeout=10) as client:
-        end = time.monotonic() + seconds
+    bar = progress_bar(total=round(seconds), desc=phase or "traffic", unit="s", disable=not progress)
+    with httpx.Client(base_url=url, timeout=10) as client, bar:
+        start = time.monotonic()
+        end = start + seconds
         while time.monotonic() < end:
             tick = time.monotonic()
             idx = rng.choice(len(X), batch, replace=False)
@@ -189,6 +194,10 @@ def send_traffic(
                 last = tick
                 if stop_when and stop_when(samples[-1]):
                     end, stop_when = min(end, time.monotonic() + 1), None
+                bar.set_postfix(
+                    {"requests": sent, **({"alert": samples[-1]["alert"]} if "alert" in samples[-1] else {})}
+                )
+            bar.update(min(int(tick - start), bar.total) - bar.n)
             time.sleep(max(0.0, 1 / rate - (time.monotonic() - tick)))
     return sent
 

@@ -146,7 +146,8 @@ def promote_if_better(
             promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
         )
         if not promoted:  # a rejection stands even if the champion moved: a new champion beat the old one
-            _record(name, decision)
+            with server_lock(f"gate.{name}"):  # rejected challengers at once would race to tag the champion
+                _record(name, decision)
             return decision
         with server_lock(f"gate.{name}"):
             now = version_for_alias(name, CHAMPION)

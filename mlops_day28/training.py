@@ -51,7 +51,10 @@ def seed_everything(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # = torch.use_deterministic_algorithms(True, warn_only=True), without importing the compiler to set its flag
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
+    if (inductor := sys.modules.get("torch._inductor.config")) is not None:
+        inductor.deterministic = True
     torch.backends.cudnn.benchmark = False
 
 

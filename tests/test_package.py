@@ -70,3 +70,27 @@ def test_runtime_state_is_git_ignored():
     ignored = (ROOT / ".gitignore").read_text().split()
     for path in (".venv/", ".mlflow/", "wandb/", ".workbook/"):
         assert path in ignored
+
+
+SEEDING = """
+import sys, torch
+from mlops_day28.training import seed_everything
+{before}
+seed_everything(3)
+inductor = sys.modules.get("torch._inductor.config")
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      inductor.deterministic if inductor else None)
+"""
+
+
+@pytest.mark.parametrize(
+    "before, compiler_flag",
+    [("", "None"), ("import torch._inductor.config", "True")],
+    ids=["compiler-not-loaded", "compiler-loaded"],
+)
+def test_seeding_asks_for_deterministic_algorithms_without_loading_the_compiler(before, compiler_flag):
+    "torch.use_deterministic_algorithms would import torch._inductor (about 2 s) to set a flag only torch.compile reads."
+    out = subprocess.run(
+        [sys.executable, "-c", SEEDING.format(before=before)], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["True", "True", compiler_flag]

@@ -2,6 +2,7 @@
 
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -9,9 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tools" / "run_workbook.py"
-spec = importlib.util.spec_from_file_location("run_workbook", RUNNER)
-run_workbook = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_workbook)
+if "run_workbook" not in sys.modules:  # its worker processes find run_notebook by this name
+    spec = importlib.util.spec_from_file_location("run_workbook", RUNNER)
+    sys.modules["run_workbook"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["run_workbook"])
+run_workbook = sys.modules["run_workbook"]
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracki
     notebook(nbs / "01_first.ipynb", "from pathlib import Path", "Path('first.txt').write_text('ran')")
     notebook(nbs / "02_broken.ipynb", "1 / 0")
     notebook(nbs / "03_never.ipynb", "from pathlib import Path", "Path('never.txt').write_text('ran')")
-    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    r = run("--nbs", nbs, "--out", tmp_path / "out", "--jobs", 1, tracking_uri=tracking_uri)
     assert r.returncode == 1
     assert "01_first.ipynb ... ok" in r.stdout and "02_broken.ipynb ... FAILED" in r.stdout
     assert "03_never" not in r.stdout and not (nbs / "never.txt").exists()
@@ -49,6 +52,32 @@ def test_runs_exercises_in_order_and_stops_at_the_first_failure(tmp_path, tracki
     assert "02_broken.ipynb failed" in r.stderr and "ZeroDivisionError" in r.stderr
     executed = nbformat.read(tmp_path / "out" / "02_broken.ipynb", as_version=4)
     assert executed.cells[0].outputs[0].ename == "ZeroDivisionError"
+
+
+def test_two_at_a_time_in_the_order_the_registry_needs(tmp_path, tracking_uri, run):
+    "02_registry rebuilds the registered model: 03 waits for it, 01 runs beside it; nothing starts after a failure."
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    stamp = "import time; from pathlib import Path; Path('{}').write_text(str(time.time()))"
+    notebook(nbs / "01_side.ipynb", stamp.format("01.start"), "import time; time.sleep(1)")
+    notebook(nbs / "02_registry.ipynb", stamp.format("02.start"), "import time; time.sleep(3)", stamp.format("02.end"))
+    notebook(nbs / "03_pipeline.ipynb", stamp.format("03.start"))
+    r = run("--nbs", nbs, "--out", tmp_path / "out", "--jobs", 2, tracking_uri=tracking_uri)
+    assert r.returncode == 0, r.stderr
+    assert "3 notebooks, 2 at a time" in r.stdout and "3 of 3 notebooks ran" in r.stdout
+    t = {name: float((nbs / name).read_text()) for name in ("01.start", "02.start", "02.end", "03.start")}
+    assert t["01.start"] < t["02.end"]  # side by side
+    assert t["03.start"] > t["02.end"]  # after the notebook it waits for
+
+    (nbs / "01_side.ipynb").unlink()
+    notebook(nbs / "00_fails.ipynb", "1 / 0")  # not an exercise: ignored
+    notebook(nbs / "01_fails.ipynb", "1 / 0")
+    (nbs / "03.start").unlink()
+    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    assert r.returncode == 1
+    assert "01_fails.ipynb ... FAILED" in r.stdout and "02_registry.ipynb ... ok" in r.stdout
+    assert "03_pipeline" not in r.stdout and not (nbs / "03.start").exists()  # waited for 02, then a failure
+    assert "1 of 3 notebooks ran" in r.stdout and "01_fails.ipynb failed" in r.stderr
 
 
 def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri, run):
@@ -69,3 +98,9 @@ def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri, run)
 def test_no_matching_notebooks_is_an_error(tmp_path, tracking_uri, run):
     r = run("--nbs", tmp_path, tracking_uri=tracking_uri)
     assert r.returncode == 2 and "no exercise notebooks matched" in r.stderr
+
+
+def test_jobs_must_be_positive(tmp_path, run, capsys):
+    with pytest.raises(SystemExit) as e:
+        run("--nbs", tmp_path, "--jobs", 0, tracking_uri="http://127.0.0.1:9")
+    assert e.value.code == 2 and "--jobs must be 1 or more, not 0" in capsys.readouterr().err

@@ -2,17 +2,25 @@
 
 `make workbook` runs this. It starts (or reuses) the tracking server, executes
 nbs/01_*.ipynb, nbs/02_*.ipynb, ... in a fresh kernel each, writes the executed copies
-to .workbook/ (git-ignored), stops at the first failing notebook, and prints a summary
+to .workbook/ (git-ignored), starts no new notebook after one fails, and prints a summary
 and where to look. The config the notebooks use is $MLOPS_CONFIG (default
 configs/config.yaml).
+
+Two notebooks run at a time (`--jobs`, default 2): much of a notebook's time is one core
+busy starting a kernel, importing, or waiting on the server, a subprocess or a service.
+Each notebook stands on its own (the tests run each against an empty server), so the
+only order that matters is `AFTER`'s. Each kernel gets an equal share of the cores for
+torch (`OMP_NUM_THREADS`, unless set), so two trainings do not fight over them.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import nbformat
@@ -20,6 +28,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# 02_registry deletes and rebuilds the registered model when it starts, so the notebooks that
+# read or move its champion start after it ends. The others share nothing but the server.
+AFTER = {
+    "03_pipeline.ipynb": ["02_registry.ipynb"],
+    "05_cicd.ipynb": ["02_registry.ipynb"],
+    "06_monitoring.ipynb": ["02_registry.ipynb"],
+}
 
 
 def exercise_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
@@ -50,6 +66,49 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
     return not error, seconds, error
+
+
+def ready(pending: list[Path], done: set[str], started: set[str]) -> list[Path]:
+    "The notebooks in `pending` (in order) that may start: every notebook of `AFTER` they wait for has ended, or is not in this run."
+    names = {p.name for p in pending} | started
+    return [p for p in pending if all(a in done or a not in names for a in AFTER.get(p.name, []))]
+
+
+def run_all(notebooks: list[Path], out_dir: Path, timeout: int, jobs: int) -> tuple[list[Path], tuple | None]:
+    "Execute `notebooks`, `jobs` at a time in the order of `AFTER`; start none after a failure. (those that ran, failure)."
+    pending, running, done, failed = list(notebooks), {}, [], None
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked threads or sockets
+    if str(Path(__file__).parent) not in sys.path:  # where a worker finds this module when it is not __main__
+        sys.path.insert(0, str(Path(__file__).parent))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+        while pending or running:
+            while (
+                not failed
+                and len(running) < jobs
+                and (nxt := ready(pending, {p.name for p in done}, {p.name for p in running.values()}))
+            ):
+                nb = nxt[0]
+                pending.remove(nb)
+                running[pool.submit(run_notebook, nb, out_dir, timeout)] = nb
+            if not running:
+                break  # a failure: what is pending never starts
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: running[f].name):
+                nb = running.pop(future)
+                ok, seconds, error = _result(future)
+                print(f"  {nb.name} ... {'ok' if ok else 'FAILED'} ({seconds:.1f} s)", flush=True)
+                if ok:
+                    done.append(nb)
+                elif not failed:
+                    failed = (nb, error)
+    return done, failed
+
+
+def _result(future: Future) -> tuple[bool, float, str]:
+    try:
+        return future.result()
+    except Exception as e:  # the worker process itself died
+        return False, 0.0, f"{type(e).__name__}: {e}"
 
 
 def _show(path: Path) -> str:
@@ -83,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
     parser.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="folder of notebooks (default: nbs/)")
     parser.add_argument("--out", type=Path, default=ROOT / ".workbook", help="where executed copies go")
+    parser.add_argument("--jobs", type=int, default=2, help="notebooks run at a time (default 2; 1: one by one)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be 1 or more, not {args.jobs}")
 
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -106,17 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no exercise notebooks matched", file=sys.stderr)
         return 2
     out_dir = args.out
-    total, failed = time.perf_counter(), None
-    for nb in notebooks:
-        print(f"  {nb.name} ...", end="", flush=True)
-        ok, seconds, error = run_notebook(nb, out_dir, args.timeout)
-        print(f" {'ok' if ok else 'FAILED'} ({seconds:.1f} s)")
-        if not ok:
-            failed = (nb, error)
-            break
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // min(args.jobs, len(notebooks)))))
+    total = time.perf_counter()
+    print(f"{len(notebooks)} notebooks, {args.jobs} at a time:", flush=True)
+    done, failed = run_all(notebooks, out_dir, args.timeout, args.jobs)
     print(
-        f"\n{len(notebooks) if not failed else notebooks.index(failed[0])} of {len(notebooks)} "
-        f"notebooks ran in {time.perf_counter() - total:.0f} s; executed copies in {_show(out_dir)}/"
+        f"\n{len(done)} of {len(notebooks)} notebooks ran in {time.perf_counter() - total:.0f} s; "
+        f"executed copies in {_show(out_dir)}/"
     )
     if failed:
         nb, error = failed
