@@ -6,11 +6,28 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 # %% auto #0
-__all__ = ["INVALID_REASONS", "BadRequest", "parse_images"]
+__all__ = [
+    "INVALID_REASONS",
+    "ERRORS",
+    "BadRequest",
+    "predict_request",
+    "Prediction",
+    "PredictResponse",
+    "feedback_request",
+    "FeedbackResponse",
+    "ErrorBody",
+    "json_refusal",
+    "feedback_refusal",
+    "error_responses",
+    "request_body",
+    "parse_images",
+]
 
 # %% ../nbs/06d_payloads.ipynb #6ad48d85
 INVALID_REASONS = (
@@ -24,6 +41,8 @@ INVALID_REASONS = (
     "batch_too_large",
     "unknown_prediction_id",
     "duplicate_feedback",
+    "body_too_large",
+    "too_deep",
 )
 
 
@@ -35,6 +54,124 @@ class BadRequest(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+def predict_request(
+    n_features: int = 64, image_shape: tuple = (8, 8), lo: float = 0.0, hi: float = 16.0, max_batch: int = 256
+) -> type[BaseModel]:
+    "The pydantic model of a /predict body for a model of `n_features` inputs (or `image_shape`) in [lo, hi]."
+    Pixel = Annotated[float, Strict(), Field(ge=lo, le=hi, allow_inf_nan=False)]
+    Flat = Annotated[list[Pixel], Field(min_length=n_features, max_length=n_features)]
+    Image = Flat
+    if len(image_shape) == 2 and image_shape[0] * image_shape[1] == n_features:
+        Row = Annotated[list[Pixel], Field(min_length=image_shape[1], max_length=image_shape[1])]
+        Image = Flat | Annotated[list[Row], Field(min_length=image_shape[0], max_length=image_shape[0])]
+    one = [[float(lo)] * n_features]
+
+    class PredictRequest(BaseModel):
+        "Exactly one of `image` (one image) or `images` (a batch)."
+
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"minProperties": 1, "maxProperties": 1, "examples": [{"image": one[0]}]},
+        )
+        image: Image = Field(None, description=f"one image: {n_features} numbers, or rows of numbers")
+        images: Annotated[list[Image], Field(min_length=1, max_length=max_batch)] = Field(
+            None, description=f"a batch of 1 to {max_batch} images", examples=[one]
+        )
+
+    return PredictRequest
+
+
+class Prediction(BaseModel):
+    prediction_id: str = Field(description="send it back to /feedback with the true label")
+    predicted_class: int
+    label: str = Field(description="the class's name")
+    probabilities: list[float]
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[Prediction]
+
+
+def _whole(value: Any) -> Any:
+    '3.0 is the integer 3 in JSON (and JSON Schema); true, 3.5 and "3" are not.'
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def feedback_request(n_classes: int = 10) -> type[BaseModel]:
+    "The pydantic model of a /feedback body for a model of `n_classes` classes."
+
+    class FeedbackRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [{"prediction_id": "9f1c0d6e...", "label": 3}]}
+        )
+        prediction_id: Annotated[str, Strict()] = Field(description="from a /predict answer")
+        label: Annotated[int, Strict(), Field(ge=0, lt=n_classes), BeforeValidator(_whole)] = Field(
+            description="the true class's index"
+        )
+
+    return FeedbackRequest
+
+
+class FeedbackResponse(BaseModel):
+    prediction_id: str
+    correct: bool
+    rolling_accuracy: float = Field(description="over the last `serving.accuracy_window` labels")
+    window: int
+
+
+class ErrorBody(BaseModel):
+    "Every refusal: one sentence, and the reason (the label of model_invalid_requests_total)."
+
+    detail: str
+    reason: str = Field(json_schema_extra={"enum": list(INVALID_REASONS)})
+
+
+def json_refusal(e: ValidationError) -> BadRequest | None:
+    "The refusal for a body pydantic could not read as JSON (400), or None when it is JSON."
+    bad = next((err for err in e.errors() if err["type"] == "json_invalid"), None)
+    if bad is None:
+        return None
+    if "recursion limit" in bad["msg"]:
+        return BadRequest(400, "too_deep", "the JSON is nested too deeply: an image needs 3 levels of brackets")
+    return BadRequest(400, "not_json", f"the body is not valid JSON ({bad['msg'].removeprefix('Invalid JSON: ')})")
+
+
+def feedback_refusal(e: ValidationError, n_classes: int) -> BadRequest:
+    "The 422 for a /feedback body that is JSON but not `feedback_request(n_classes)`."
+    err = e.errors()[0]
+    field = err["loc"][0] if err["loc"] and err["type"] not in ("missing", "extra_forbidden") else None
+    if field == "prediction_id":
+        return BadRequest(422, "type", "prediction_id must be a string")
+    if field == "label":
+        return BadRequest(
+            422, "type", f"label must be a class index from 0 to {n_classes - 1}, got {json.dumps(err['input'])[:40]}"
+        )
+    return BadRequest(422, "bad_field", 'send {"prediction_id": "...", "label": <class index>}')
+
+
+ERRORS = {
+    400: "the body is not JSON, or is nested too deeply",
+    404: "no such prediction_id (too old, or never made)",
+    409: "feedback for this prediction was already recorded",
+    413: "the body is over serving.max_body_bytes, or the batch over serving.max_batch",
+    422: "JSON, but not a valid request: the detail says which field or image, and why",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    "FastAPI's `responses=` for these refusals: each with ErrorBody's schema and what it means."
+    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in statuses}
+
+
+def request_body(model: type[BaseModel]) -> dict:
+    "FastAPI's `openapi_extra=` for a route that reads its body itself: the body's schema and example, from `model`."
+    schema = model.model_json_schema()
+    content = {"schema": schema, "example": schema.get("examples", [None])[0]}
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+
+
 def parse_images(
     body: bytes,
     n_features: int = 64,
@@ -42,12 +179,33 @@ def parse_images(
     lo: float = 0.0,
     hi: float = 16.0,
     max_batch: int = 256,
+    adapter: TypeAdapter | None = None,  # of `predict_request(...)` for these settings (made here when not given)
 ) -> tuple[np.ndarray, bool]:
     "The images in a /predict body as a float32 (n, n_features) array, and whether it was a single image."
+    adapter = adapter or TypeAdapter(predict_request(n_features, image_shape, lo, hi, max_batch))
     try:
+        request = adapter.validate_json(body)
+        if (request.image is None) != (request.images is None):
+            single = request.image is not None
+            items = [request.image] if single else request.images
+            try:  # one call for a batch of one shape
+                rows = np.asarray(items, dtype=np.float32)
+            except ValueError:  # flat images and 8x8 ones in one batch
+                rows = np.stack([np.asarray(item, dtype=np.float32).reshape(n_features) for item in items])
+            return rows.reshape(len(items), n_features), single
+    except ValidationError as e:
+        if refusal := json_refusal(e):
+            raise refusal from None
+    try:  # JSON that pydantic read: say exactly what is wrong with it
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:
         raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
+    _refuse_images(data, n_features, image_shape, lo, hi, max_batch)
+    raise BadRequest(422, "type", "the body does not match the schema at /docs")  # pydantic and NumPy disagree
+
+
+def _refuse_images(data: Any, n_features: int, image_shape: tuple, lo: float, hi: float, max_batch: int) -> None:
+    "Raise the BadRequest that says what is wrong with the /predict body `data` (parsed JSON), if anything."
     if not isinstance(data, dict):
         raise BadRequest(
             422, "bad_field", 'the body should be a JSON object: {"image": [...]} or {"images": [[...], ...]}'
@@ -68,15 +226,6 @@ def parse_images(
         raise BadRequest(422, "empty_batch", "'images' is empty: send at least one image")
     if len(items) > max_batch:
         raise BadRequest(413, "batch_too_large", f"'images' has {len(items)} images; at most {max_batch} per request")
-    try:  # the fast path: a well-formed batch converts in one call
-        arr = np.asarray(items)
-        if arr.dtype.kind in "iuf" and arr.shape[1:] in ((n_features,), tuple(image_shape)):
-            rows = arr.reshape(len(items), n_features).astype(np.float32)
-            if np.isfinite(rows).all() and rows.min() >= lo and rows.max() <= hi:
-                return rows, single
-    except ValueError:
-        pass  # ragged: the loop below says where
-    rows = np.empty((len(items), n_features), dtype=np.float32)
     for i, item in enumerate(items):
         where = "image" if single else f"images[{i}]"
         try:
@@ -111,5 +260,3 @@ def parse_images(
                 "out_of_range",
                 f"{where}: pixel values must be between {lo:g} and {hi:g}, got {arr.min():g} to {arr.max():g}",
             )
-        rows[i] = arr
-    return rows, single

@@ -163,6 +163,7 @@ class ServingConfig(_Section):
     host: str = "127.0.0.1"  # loopback only: nothing outside this machine can reach it
     port: int = Field(8000, gt=0, lt=65536)
     max_batch: int = Field(256, gt=0)  # images per /predict request, at most
+    max_body_bytes: int = Field(1_048_576, gt=0)  # a request body over this gets 413 before it is read in full
     accuracy_window: int = Field(200, gt=0)  # model_accuracy: rolling accuracy over the last N feedback labels
     drift_window: int = Field(300, gt=0)  # model_input_drift_psi: over the pixels of the last N images
     keep_predictions: int = Field(10000, gt=0)  # prediction ids remembered for /feedback

@@ -13,13 +13,28 @@ import uuid
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import TypeAdapter, ValidationError
 
+from mlops_day28.payloads import (
+    INVALID_REASONS,
+    BadRequest,
+    FeedbackResponse,
+    PredictResponse,
+    error_responses,
+    feedback_refusal,
+    feedback_request,
+    json_refusal,
+    parse_images,
+    predict_request,
+    request_body,
+)
+
+from .body_limit import BodyLimit
 from .config import Config
 from .drift import PixelDrift
-from .payloads import INVALID_REASONS, BadRequest, parse_images
 from .served_model import ServedModel, load_served_model
 
 # %% auto #0
@@ -109,15 +124,25 @@ def create_app(
     )
     app.state.metrics, app.state.model = metrics, model
 
+    predict_model = predict_request(n_features, image_shape, lo, hi, s.max_batch)
+    feedback_model = feedback_request(len(class_names))
+    predict_body, feedback_body = TypeAdapter(predict_model), TypeAdapter(feedback_model)
+    refused_size = metrics.invalid.labels(reason="body_too_large")
+    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes, on_refuse=refused_size.inc)
+
     def refuse(e: BadRequest) -> JSONResponse:
         metrics.invalid.labels(reason=e.reason).inc()
         return JSONResponse({"detail": e.message, "reason": e.reason}, status_code=e.status)
 
-    @app.post("/predict")
+    @app.post(
+        "/predict",
+        responses={200: {"model": PredictResponse}, **error_responses(400, 413, 422)},
+        openapi_extra=request_body(predict_model),
+    )
     async def predict(request: Request):
         'Classify one image ({"image": [...]}) or a batch ({"images": [[...], ...]}).'
         try:
-            X, _ = parse_images(await request.body(), n_features, image_shape, lo, hi, s.max_batch)
+            X, _ = parse_images(await request.body(), n_features, image_shape, lo, hi, s.max_batch, predict_body)
         except BadRequest as e:
             return refuse(e)
         start = time.perf_counter()
@@ -140,23 +165,19 @@ def create_app(
         body = {"model_name": model.name, "model_version": model.version, "predictions": out}
         return Response(json.dumps(body), media_type="application/json")  # plain data: no need for FastAPI's encoder
 
-    @app.post("/feedback")
+    @app.post(
+        "/feedback",
+        responses={200: {"model": FeedbackResponse}, **error_responses(400, 404, 409, 413, 422)},
+        openapi_extra=request_body(feedback_model),
+    )
     async def feedback(request: Request):
         'Record the true label of an earlier prediction: {"prediction_id": ..., "label": ...}.'
         try:
             try:
-                data = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
-            if not isinstance(data, dict) or set(data) != {"prediction_id", "label"}:
-                raise BadRequest(422, "bad_field", 'send {"prediction_id": "...", "label": <class index>}')
-            pid, label = data["prediction_id"], data["label"]
-            if not isinstance(pid, str):
-                raise BadRequest(422, "type", "prediction_id must be a string")
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(class_names):
-                raise BadRequest(
-                    422, "type", f"label must be a class index from 0 to {len(class_names) - 1}, got {label!r}"
-                )
+                given = feedback_body.validate_json(await request.body())
+            except ValidationError as e:
+                raise json_refusal(e) or feedback_refusal(e, len(class_names)) from None
+            pid, label = given.prediction_id, given.label
             if pid not in predictions:
                 raise BadRequest(
                     404,
@@ -194,7 +215,7 @@ def create_app(
             "data_check": model.data_check,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "text/plain exposition"}})
     async def metrics_endpoint():
         "Prometheus metrics, in the text exposition format."
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

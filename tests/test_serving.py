@@ -110,6 +110,8 @@ def test_predict_one_and_a_batch(client, model_dir):
     accuracy = np.mean([q["predicted_class"] == t for q, t in zip(batch, y[:100], strict=False)])
     assert accuracy > 0.9
     assert len({q["prediction_id"] for q in batch}) == 100
+    mixed = client.post("/predict", json={"images": [X[0].tolist(), X[0].reshape(8, 8).tolist()]})  # a fuzzer's 500
+    assert mixed.status_code == 200 and len({p["predicted_class"] for p in mixed.json()["predictions"]}) == 1
 
 
 X0 = [0.0] * 64
@@ -136,6 +138,8 @@ MALFORMED = {
     "both fields": (json.dumps({"image": X0, "images": [X0]}), 422, "bad_field"),
     "no field": (json.dumps({}), 422, "bad_field"),
     "extra field": (json.dumps({"image": X0, "debug": True}), 422, "bad_field"),
+    "nested 5000 deep": ("[" * 5000, 400, "too_deep"),  # json.loads: RecursionError, and a 500 before
+    "over 1 MB": ("[" + "0," * 600_000 + "0]", 413, "body_too_large"),  # serving.max_body_bytes
 }
 
 
