@@ -272,7 +272,7 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported(client):
     queried = set().union(*map(promql_metrics, exprs))
     assert {
         "model_input_drift_psi",
-        "model_accuracy",
+        "model_feedback_total",  # accuracy, from the counters: right across replicas
         "http_requests_total",
         "model_prediction_latency_seconds_bucket",
     } <= queried
@@ -309,6 +309,16 @@ def test_compose_file_matches_the_compose_spec():
         text=True,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prometheus_finds_the_replicas_in_its_targets_file():
+    "monitoring/prometheus.yml scrapes every host:port listed in targets/ (file-based discovery: add a replica, no restart)."
+    config = yaml.safe_load((MON / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    (files,) = [sd["files"] for sd in job["file_sd_configs"]]
+    groups = [g for f in files for g in yaml.safe_load((MON / f).read_text())]
+    assert groups and all(g["targets"] and all(":" in t for t in g["targets"]) for g in groups)
+    assert "127.0.0.1:8000" in groups[0]["targets"]  # what `make serve` listens on
 
 
 def test_promtool_checks_configs_and_rules():
