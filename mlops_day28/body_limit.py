@@ -22,8 +22,12 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            return await self._refuse(send, length.decode("latin-1")[:20])
+        if not length.isdigit():  # the server's HTTP parser refuses these first; a bare ASGI app may not
+            return await self._refuse(
+                send, f"Content-Length {length.decode('latin-1')[:20]!r} is not a number of bytes"
+            )
+        if int(length) > self.max_bytes:
+            return await self._refuse(send, f"the body is {int(length)} bytes")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -32,7 +36,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await self._refuse(send, f"more than {size}")
+                return await self._refuse(send, f"the body is more than {size} bytes")
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
 
@@ -45,12 +49,10 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, send, size: str) -> None:
+    async def _refuse(self, send, what: str) -> None:
         if self.on_refuse:
             self.on_refuse()
-        detail = f"the body is {size} bytes; at most {self.max_bytes} (serving.max_body_bytes)"
-        if not size.isdigit() and not size.startswith("more"):
-            detail = f"Content-Length {size!r} is not a number of bytes"
+        detail = f"{what}; at most {self.max_bytes} (serving.max_body_bytes)"
         body = json.dumps({"detail": detail, "reason": "body_too_large"}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})

@@ -9,7 +9,7 @@ import itertools
 import math
 from collections.abc import Iterator
 
-from .exercises import Result, Task, learner_variable, your_runs
+from .exercises import Result, Task, run_id_variable, your_runs
 
 # %% auto #0
 __all__ = [
@@ -168,13 +168,8 @@ def _q3(client=None):
     from mlflow import MlflowClient
 
     client = client or MlflowClient()
-    try:
-        best_id = learner_variable("best_run_id")
-    except NameError:
-        yield Result(False, "`best_run_id` is defined", "store the run id you found: best_run_id = ...")
-        return
-    yield Result(isinstance(best_id, str), "`best_run_id` is a run id (a str)", "take runs.iloc[0]['run_id']")
-    if not isinstance(best_id, str):
+    best_id = yield from run_id_variable("best_run_id")
+    if best_id is None:
         return
     run = client.get_run(best_id)
     parent_id = run.data.tags.get("mlflow.parentRunId")

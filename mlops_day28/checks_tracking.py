@@ -10,7 +10,7 @@ import struct
 import time
 from pathlib import Path
 
-from .exercises import Result, Task, current_notebook, learner_variable, your_runs
+from .exercises import Result, Task, current_notebook, learner_variable, run_id_variable, your_runs
 
 # %% auto #0
 __all__ = ["RUN_NAME", "PARAMS", "METRICS", "q1", "q2", "q3", "wandb_records", "checklist"]
@@ -85,12 +85,9 @@ def _this_notebooks_runs():
 
 
 def _q2():
-    try:
-        best_id = learner_variable("best_run_id")
-    except NameError:
-        yield Result(False, "`best_run_id` is defined", "store the run id you found: best_run_id = ...")
+    best_id = yield from run_id_variable("best_run_id")
+    if best_id is None:
         return
-    yield Result(isinstance(best_id, str), "`best_run_id` is a run id (a str)", "take runs.iloc[0]['run_id']")
     scored = {
         r.info.run_id: r.data.metrics["val_accuracy"]
         for r in _this_notebooks_runs()

@@ -33,6 +33,7 @@ __all__ = [
     "learner_variable",
     "has_variable",
     "file_result",
+    "run_id_variable",
 ]
 
 # %% ../nbs/00j_exercises.ipynb #e7a10007
@@ -249,3 +250,14 @@ def has_variable(name: str, what: str) -> Result:
 def file_result(path: Path, what: str, hint: str) -> Result:
     "✓ when the learner's file `path` exists."
     return Result(path.exists(), what, hint)
+
+
+def run_id_variable(name: str = "best_run_id", hint: str = "take runs.iloc[0]['run_id']"):
+    "Results for the learner's `name` holding a run id; returns the id, or None if undefined or not a str (`yield from`)."
+    try:
+        value = learner_variable(name)
+    except NameError:
+        yield Result(False, f"`{name}` is defined", f"store the run id you found: {name} = ...")
+        return None
+    yield Result(isinstance(value, str), f"`{name}` is a run id (a str)", hint)
+    return value if isinstance(value, str) else None
