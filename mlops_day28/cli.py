@@ -288,13 +288,20 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="default: serving.host (127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="default: serving.port (8000)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="server processes; metrics and feedback are shared (default: serving.workers, 1)"
+        ),
+    ] = None,
+    overrides: _SetOpt = None,
 ) -> None:
-    "Serve a model (the registry's champion by default) with Prometheus metrics."
+    "Serve a model (the registry's champion by default) with Prometheus metrics; a model named by alias is followed."
     from mlops_day28.serving import serve_model
     from mlops_day28.tracking_server import setup_mlflow
 
-    cfg = _load(config)
+    cfg = _load(config, overrides)
     uri = model or cfg.serving.model_uri or f"models:/{cfg.registry.model_name}@champion"
     if _needs_server(uri):
         setup_mlflow(root=cfg.root)
-    serve_model(uri, cfg, host or cfg.serving.host, port or cfg.serving.port)
+    serve_model(uri, cfg, host or cfg.serving.host, port or cfg.serving.port, workers)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -60,14 +60,20 @@ def _stop_all() -> None:
 
 
 def launch(
-    cmd: list[str], name: str, url: str, ready: Callable[[], bool], timeout: float, wait: bool = True
+    cmd: list[str],
+    name: str,
+    url: str,
+    ready: Callable[[], bool],
+    timeout: float,
+    wait: bool = True,
+    env: dict[str, str] | None = None,  # its environment (default: this process's)
 ) -> Process:
     "Start `cmd` in the background, tied to this process; wait until `ready` unless `wait` is False."
     log = Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log"
     tie = {"preexec_fn": _die_with_parent} if sys.platform == "linux" else {}
     with open(log, "ab") as out:
         popen = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **tie
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env, **tie
         )
     if not _STARTED:
         atexit.register(_stop_all)
@@ -93,12 +99,15 @@ def start_service(
     model_uri: str | None = None,  # default: the config's (the champion)
     timeout: float = 120,
     wait: bool = True,  # False: return at once; `ready_(service)` waits
+    args: Sequence[str] = (),  # more options: `--workers 2`, `--set serving.reload_every=1`
+    env: dict[str, str] | None = None,  # its environment (default: this process's)
 ) -> Process:
     "Run `mlops-serve` on 127.0.0.1:`port` in the background and wait for /health."
-    cmd = [str(Path(sys.executable).parent / "mlops-serve"), "--config", str(config), "--port", str(port)]
+    cmd = [str(Path(sys.executable).parent / "mlops-serve"), "--config", str(config), "--port", str(port), *args]
     url = f"http://{HOST}:{port}"
     ready = lambda: (http_get(f"{url}/health") or (0,))[0] == 200  # noqa: E731
-    return launch([*cmd, *(["--model", model_uri] if model_uri else [])], "mlops-serve", url, ready, timeout, wait)
+    cmd += ["--model", model_uri] if model_uri else []
+    return launch(cmd, "mlops-serve", url, ready, timeout, wait, env)
 
 
 def start_prometheus(

@@ -166,8 +166,12 @@ class ServingConfig(_Section):
     max_body_bytes: int = Field(1_048_576, gt=0)  # a request body over this gets 413 before it is read in full
     accuracy_window: int = Field(200, gt=0)  # model_accuracy: rolling accuracy over the last N feedback labels
     drift_window: int = Field(300, gt=0)  # model_input_drift_psi: over the pixels of the last N images
-    keep_predictions: int = Field(10000, gt=0)  # prediction ids remembered for /feedback
+    feedback_within: float = Field(86400.0, gt=0)  # seconds after a prediction that /feedback accepts its id
+    feedback_store: str | None = None  # SQLite file of feedback that replicas share; relative: in the project root
+    # (default: a temporary file for each mlops-serve and its workers)
     torch_threads: int = Field(1, gt=0)  # threads per forward pass: one request at a time gains nothing from more
+    workers: int = Field(1, gt=0)  # server processes (`mlops-serve --workers`); metrics and feedback are shared
+    reload_every: float = Field(30.0, ge=0)  # seconds between checks of the model's alias in the registry (0: never)
 
 
 DEFAULT_GRID = {

@@ -5,18 +5,30 @@
 # %% ../nbs/06_monitoring.ipynb #245ed301
 from __future__ import annotations
 
-import collections
+import contextlib
 import json
+import os
+import tempfile
 import time
-import uuid
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from mlops_day28.payloads import (
     INVALID_REASONS,
@@ -33,12 +45,14 @@ from mlops_day28.payloads import (
 )
 
 from .body_limit import BodyLimit
-from .config import Config
+from .config import Config, config_from_dict
 from .drift import PixelDrift
+from .feedback_store import FeedbackStore
+from .reload import AliasFollower, followed_alias, incompatibility
 from .served_model import ServedModel, load_served_model
 
 # %% auto #0
-__all__ = ["LATENCY_BUCKETS", "ServiceMetrics", "create_app", "serve_model"]
+__all__ = ["LATENCY_BUCKETS", "multiprocess_metrics", "ServiceMetrics", "create_app", "serve_model", "worker_app"]
 
 # %% ../nbs/06_monitoring.ipynb #8be21565
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003)
@@ -56,8 +70,13 @@ LATENCY_BUCKETS += (
 )  # up to the alert's 50 ms budget, and far beyond
 
 
+def multiprocess_metrics() -> bool:
+    "Whether this process keeps its metrics in prometheus_client's multiprocess files (mlops-serve --workers N)."
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 class ServiceMetrics:
-    "The service's Prometheus metrics, in a registry of their own."
+    "The service's Prometheus metrics, in a registry of their own (summed over processes with `--workers N`)."
 
     def __init__(self, class_names: list[str]):
         self.registry = r = CollectorRegistry()
@@ -71,14 +90,42 @@ class ServiceMetrics:
         self.classes = Counter(
             "model_class_predictions", "Predictions by predicted class.", ["predicted_class"], registry=r
         )
-        self.accuracy = Gauge("model_accuracy", "Accuracy over the last feedback labels (NaN before any).", registry=r)
-        self.window = Gauge("model_accuracy_window_size", "Feedback labels in the accuracy window.", registry=r)
+        self.accuracy = Gauge(
+            "model_accuracy",
+            "Accuracy over the last feedback labels, from every process (NaN before any).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.window = Gauge(
+            "model_accuracy_window_size",
+            "Feedback labels in the accuracy window.",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.feedback = Counter("model_feedback", "Feedback labels received.", ["correct"], registry=r)
         self.drift = Gauge(
-            "model_input_drift_psi", "Population stability index of input pixels vs the training data.", registry=r
+            "model_input_drift_psi",
+            "Population stability index of input pixels vs the training data (the last worker to answer).",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.invalid = Counter("model_invalid_requests", "Rejected requests, by reason.", ["reason"], registry=r)
-        self.info = Info("model", "The model being served.", registry=r)
+        self.info = Gauge(
+            "model_info",
+            "The model being served: 1 for its version, 0 for versions served before.",
+            ["name", "version", "uri"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.reloads = Counter(
+            "model_reloads", "Versions the alias named, loaded or failed to load.", ["result"], registry=r
+        )
+        self.registry_reachable = Gauge(
+            "model_registry_reachable",
+            "1 while the registry answers the alias checks, 0 while it does not.",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.accuracy.set(float("nan"))
         for c in class_names:
             self.classes.labels(predicted_class=c)  # every class present from the start, at 0
@@ -86,32 +133,98 @@ class ServiceMetrics:
             self.invalid.labels(reason=reason)
         for correct in ("true", "false"):
             self.feedback.labels(correct=correct)
+        for result in ("loaded", "failed"):
+            self.reloads.labels(result=result)
+
+    def serving(self, model: ServedModel, before: ServedModel | None = None) -> None:
+        "Record that `model` serves now, in place of `before`."
+        if before is not None:
+            self.info.labels(name=before.name, version=before.version, uri=before.uri).set(0)
+        self.info.labels(name=model.name, version=model.version, uri=model.uri).set(1)
+
+    def exposition(self) -> bytes:
+        "The text format of these metrics: this process's, or every worker's summed in multiprocess mode."
+        if not multiprocess_metrics():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 # %% ../nbs/06_monitoring.ipynb #7d05db81
+class _Serving:
+    "What serves now: the model and its drift window, replaced together (requests read `now` once)."
+
+    def __init__(self, model: ServedModel, window: int):
+        self.now, self.window = (model, PixelDrift(model.profile, window=window)), window
+
+    def swap(self, model: ServedModel) -> None:
+        self.now = (model, PixelDrift(model.profile, window=self.window))
+
+
 def create_app(
     model: ServedModel,  # what to serve, with its input profile (shape, range, classes, drift reference)
     cfg: Config | None = None,  # the serving settings
     optimize: bool = True,  # serve a TorchScript-frozen copy of the model when it answers the same
+    store: FeedbackStore | None = None,  # where feedback goes (default: a temporary store of this app's own)
 ) -> FastAPI:
-    "The FastAPI model service for `model`, with its own Prometheus registry."
-    s = (cfg or Config()).serving
+    "The FastAPI model service for `model`, with its own Prometheus registry; it follows `model.uri`'s alias."
+    cfg = cfg or Config()
+    s = cfg.serving
     profile = model.profile
     lo, hi = profile.value_range
     class_names, n_features = profile.class_names, profile.n_features
     image_shape = tuple(profile.image_shape[1:]) if profile.image_shape else (n_features,)
     metrics = ServiceMetrics(class_names)
-    metrics.info.info({"name": model.name, "version": model.version, "uri": model.uri})
     class_counters = [metrics.classes.labels(predicted_class=c) for c in class_names]
-    drift = PixelDrift(profile, window=s.drift_window)
-    predictions = collections.OrderedDict()  # prediction id -> (predicted class, feedback given?)
-    outcomes = collections.deque(maxlen=s.accuracy_window)
+    own_store = store is None
+    store = store or FeedbackStore(window=s.accuracy_window, within=s.feedback_within)
 
-    model = model.optimized() if optimize else model
+    serving = _Serving(model.optimized() if optimize else model, s.drift_window)
+    metrics.serving(serving.now[0])
+    follower = None
+    if s.reload_every > 0 and followed_alias(model.uri):
+
+        def load(uri: str) -> ServedModel:  # in the follower's thread, while the old version serves
+            new = load_served_model(uri, cfg)
+            if why := incompatibility(serving.now[0], new):
+                raise ValueError(why)
+            return replace(new.optimized() if optimize else new, uri=model.uri)
+
+        def swap(new: ServedModel) -> None:
+            before = serving.now[0]
+            serving.swap(new)
+            metrics.serving(new, before)
+
+        follower = AliasFollower(
+            model.uri,
+            s.reload_every,
+            lambda: serving.now[0],
+            load,
+            swap,
+            on_reload=lambda result: metrics.reloads.labels(result=result).inc(),
+            on_registry=metrics.registry_reachable.set,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if follower:
+            follower.start()
+        try:
+            yield
+        finally:
+            if follower:
+                follower.stop()
+            if own_store:
+                store.close()
+            if multiprocess_metrics():
+                multiprocess.mark_process_dead(os.getpid())  # its live gauges (model_info) leave the sums
+
     app = FastAPI(
         title="mlops_day28 model service",
         version=model.version,
-        description=f"Serves {model.name} v{model.version} ({model.uri}).",
+        description=f"Serves {model.name} ({model.uri}).",
+        lifespan=lifespan,
     )
     from prometheus_fastapi_instrumentator import metrics as http_metrics
 
@@ -122,7 +235,7 @@ def create_app(
         .add(http_metrics.latency(registry=metrics.registry, buckets=LATENCY_BUCKETS))
         .instrument(app)
     )
-    app.state.metrics, app.state.model = metrics, model
+    app.state.metrics, app.state.serving, app.state.follower, app.state.store = metrics, serving, follower, store
 
     predict_model = predict_request(n_features, image_shape, lo, hi, s.max_batch)
     feedback_model = feedback_request(len(class_names))
@@ -145,20 +258,18 @@ def create_app(
             X, _ = parse_images(await request.body(), n_features, image_shape, lo, hi, s.max_batch, predict_body)
         except BadRequest as e:
             return refuse(e)
+        model, drift = serving.now  # one version for the whole request, whatever a reload does meanwhile
         start = time.perf_counter()
         probs = model.predict_proba(X)
         metrics.latency.observe(time.perf_counter() - start)
         classes = probs.argmax(1).tolist()
-        out = []
-        for c, p in zip(classes, np.round(probs, 6).tolist(), strict=True):
-            pid = uuid.uuid4().hex
-            predictions[pid] = [c, False]
-            out.append({"prediction_id": pid, "predicted_class": c, "label": class_names[c], "probabilities": p})
+        out = [
+            {"prediction_id": pid, "predicted_class": c, "label": class_names[c], "probabilities": p}
+            for pid, c, p in zip(store.issue(classes), classes, np.round(probs, 6).tolist(), strict=True)
+        ]
         for c, n in enumerate(np.bincount(classes, minlength=len(class_counters))):
             if n:
                 class_counters[c].inc(int(n))
-        while len(predictions) > s.keep_predictions:
-            predictions.popitem(last=False)
         metrics.predictions.inc(len(X))
         drift.update(X)
         metrics.drift.set(drift.psi())
@@ -177,33 +288,19 @@ def create_app(
                 given = feedback_body.validate_json(await request.body())
             except ValidationError as e:
                 raise json_refusal(e) or feedback_refusal(e, len(class_names)) from None
-            pid, label = given.prediction_id, given.label
-            if pid not in predictions:
-                raise BadRequest(
-                    404,
-                    "unknown_prediction_id",
-                    f"unknown prediction_id {pid!r}: ids of the last {s.keep_predictions} predictions are kept",
-                )
-            if predictions[pid][1]:
-                raise BadRequest(409, "duplicate_feedback", f"feedback for {pid!r} was already recorded")
+            pid = given.prediction_id
+            correct, accuracy, window = await run_in_threadpool(store.record, pid, given.label)  # SQLite may wait
         except BadRequest as e:
             return refuse(e)
-        predictions[pid][1] = True
-        correct = predictions[pid][0] == label
-        outcomes.append(correct)
         metrics.feedback.labels(correct=str(correct).lower()).inc()
-        metrics.accuracy.set(sum(outcomes) / len(outcomes))
-        metrics.window.set(len(outcomes))
-        return {
-            "prediction_id": pid,
-            "correct": correct,
-            "rolling_accuracy": sum(outcomes) / len(outcomes),
-            "window": len(outcomes),
-        }
+        metrics.accuracy.set(accuracy)
+        metrics.window.set(window)
+        return {"prediction_id": pid, "correct": correct, "rolling_accuracy": accuracy, "window": window}
 
     @app.get("/health")
     async def health():
-        "Whether a model is loaded, and which."
+        "Whether a model is loaded, which, and whether the registry its alias is in answers."
+        model = serving.now[0]
         return {
             "status": "ok",
             "model_loaded": True,
@@ -213,31 +310,69 @@ def create_app(
             "inference": model.inference,  # torchscript, or eager (then `inference_note` says why)
             "inference_note": model.note,
             "data_check": model.data_check,
+            "registry": follower.status() if follower else {"follows": None, "state": "not followed"},
+            "pid": os.getpid(),  # which worker answered
         }
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "text/plain exposition"}})
     async def metrics_endpoint():
-        "Prometheus metrics, in the text exposition format."
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        "Prometheus metrics, in the text exposition format (every worker's, summed)."
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
 # %% ../nbs/06_monitoring.ipynb #72beb6e8
+_SPEC = "MLOPS_SERVE_WORKER_SPEC"  # what each worker of `mlops-serve --workers N` loads, as JSON
+
+
+def _store_path(cfg: Config) -> Path | None:
+    return cfg.resolve(cfg.serving.feedback_store) if cfg.serving.feedback_store else None
+
+
 def serve_model(
     uri: str,  # the model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
     cfg: Config,  # serving settings
     host: str = "127.0.0.1",
     port: int = 8000,
+    workers: int | None = None,  # processes (default: serving.workers)
 ) -> None:
     "Load the model at `uri` and serve it with uvicorn until stopped: what `mlops-serve` runs."
+    import mlflow
     import uvicorn
 
-    torch.set_num_threads(cfg.serving.torch_threads)  # this process serves: its own setting, nobody else's
-    app = create_app(load_served_model(uri, cfg), cfg)
-    model = app.state.model
-    print(
-        f"serving {model.name} v{model.version} ({model.inference}) on http://{host}:{port} (docs: /docs, metrics: /metrics)",
-        flush=True,
-    )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    s, workers = cfg.serving, workers or cfg.serving.workers
+    torch.set_num_threads(s.torch_threads)  # this process serves: its own setting, nobody else's
+    model = load_served_model(uri, cfg)  # a model that cannot be served stops here, once, not in every worker
+    where = f"on http://{host}:{port} (docs: /docs, metrics: /metrics)"
+    run = dict(host=host, port=port, log_level="warning", access_log=False)
+    with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
+        store_path = _store_path(cfg) or Path(tmp) / "feedback.db"
+        if workers == 1:
+            app = create_app(model, cfg, store=FeedbackStore(store_path, s.accuracy_window, s.feedback_within))
+            print(f"serving {model.name} v{model.version} ({app.state.serving.now[0].inference}) {where}", flush=True)
+            return uvicorn.run(app, **run)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp, "metrics"))
+        Path(tmp, "metrics").mkdir()
+        spec = {
+            "uri": uri,
+            "config": cfg.model_dump(mode="json"),
+            "source": str(cfg.source or ""),
+            "store": str(store_path),
+        }
+        os.environ[_SPEC] = json.dumps({**spec, "tracking_uri": mlflow.get_tracking_uri()})
+        print(f"serving {model.name} v{model.version} with {workers} worker processes {where}", flush=True)
+        del model
+        uvicorn.run("mlops_day28.serving:worker_app", factory=True, workers=workers, **run)
+
+
+def worker_app() -> FastAPI:
+    "The app of one worker of `mlops-serve --workers N` (uvicorn calls it in each worker process)."
+    import mlflow
+
+    spec = json.loads(os.environ[_SPEC])
+    cfg = config_from_dict(spec["config"], source=spec["source"] or None)
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    torch.set_num_threads(cfg.serving.torch_threads)
+    store = FeedbackStore(spec["store"], cfg.serving.accuracy_window, cfg.serving.feedback_within)
+    return create_app(load_served_model(spec["uri"], cfg), cfg, store=store)

@@ -168,13 +168,18 @@ def test_messages_name_the_problem(client):
 def test_feedback_rolling_accuracy_and_its_errors(cfg, model_dir):
     _, job = model_dir
     small = cfg.model_copy(
-        update={"serving": cfg.serving.model_copy(update={"accuracy_window": 4, "keep_predictions": 5})}
+        update={"serving": cfg.serving.model_copy(update={"accuracy_window": 4, "feedback_within": 60})}
     )
     c = TestClient(create_app(load_served_model(str(model_dir[0])), small))
     preds = c.post("/predict", json={"images": job.splits.test.X[:6].tolist()}).json()["predictions"]
-    oldest = preds[0]["prediction_id"]  # only the last 5 ids are kept
-    r = c.post("/feedback", json={"prediction_id": oldest, "label": 1})
-    assert r.status_code == 404 and "ids of the last 5 predictions are kept" in r.json()["detail"]
+    made, predicted, rest = preds[0]["prediction_id"].split("-", 2)
+    forged = f"{made}-{(int(predicted) + 1) % 10}-{rest}"  # claims another class: the signature no longer fits
+    r = c.post("/feedback", json={"prediction_id": forged, "label": 1})
+    assert r.status_code == 404 and r.json()["detail"] == f"unknown prediction_id {forged!r}"
+    store = c.app.state.store
+    old = f"{int(time.time()) - 61:x}-{predicted}-{rest.split('-')[0]}"
+    r = c.post("/feedback", json={"prediction_id": f"{old}-{store._sign(old)}", "label": 1})
+    assert r.status_code == 404 and "older than 60 s (serving.feedback_within)" in r.json()["detail"]
     results = []
     for p in preds[1:]:
         wrong = (p["predicted_class"] + 1) % 10
