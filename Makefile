@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 3
 LINTED := mlops_day28 tests tools bench conftest.py
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help install workbook test test-fast lint learner lab check mlflow stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: FORCE help install workbook test test-fast lint learner lab check mlflow stop team team-stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,12 @@ prometheus: ## run Prometheus (Debian: apt-get install prometheus) scraping `mak
 export-model: mlflow ## write the registry's champion to monitoring/model/ (what docker-compose serves)
 	rm -rf monitoring/model
 	MLFLOW_TRACKING_URI=http://127.0.0.1:$${MLFLOW_PORT:-5000} $(BIN)/mlflow artifacts download --artifact-uri models:/digits-classifier@champion --dst-path monitoring/model
+
+team: install ## the team server: MLflow on a PostgreSQL of this project's own (.team/), on http://127.0.0.1:5001
+	@$(BIN)/mlops-mlflow start --team
+
+team-stop: ## stop the team server (MLflow, then PostgreSQL, by process id)
+	@if [ -x $(BIN)/mlops-mlflow ]; then $(BIN)/mlops-mlflow stop --team; else echo "nothing to stop (no .venv)"; fi
 
 status: install ## is the local MLflow server up?
 	@$(BIN)/mlops-mlflow status

@@ -79,7 +79,10 @@ _SET_HELP = "override one config value, e.g. training.learning_rate=0.01 (repeat
 _SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=_SET_HELP)]
 _MODEL_HELP = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder"
 _NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="no progress bar")]
-_PortOpt = Annotated[int | None, typer.Option(min=1, max=65535, help="default: $MLFLOW_PORT, else 5000")]
+_PortOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=65535, help="default: $MLFLOW_PORT, else 5000 (--team: $MLFLOW_TEAM_PORT, else 5001)"),
+]
 _RootOpt = Annotated[Path | None, typer.Option(help="the folder whose .mlflow/ holds the server's state")]
 
 
@@ -98,15 +101,29 @@ def _needs_server(*uris: str | None) -> bool:
 
 
 # %% ../nbs/00g_cli.ipynb #c110000c
-_mlflow_app = typer.Typer(help="The workbook's local MLflow tracking server.", **_SETTINGS)
+_mlflow_app = typer.Typer(help="The workbook's local MLflow tracking server, or the team server (--team).", **_SETTINGS)
+
+
+_TeamOpt = Annotated[
+    bool, typer.Option("--team", help="the team server: MLflow on a PostgreSQL of this project's own (.team/)")
+]
 
 
 @_mlflow_app.command("start")
-def _start(port: _PortOpt = None, root: _RootOpt = None) -> None:
-    "Start the local MLflow server (or find it running)."
+def _start(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False) -> None:
+    "Start the local MLflow server (or find it running); --team: the team server on PostgreSQL."
     from mlops_day28.lifecycle import tidy_runs
     from mlops_day28.tracking_server import start_tracking_server
 
+    if team:
+        from mlops_day28.team_server import start_team_server
+
+        srv = start_team_server(root, port)
+        print(f"{'started' if srv.started else 'already running'}: {srv.line()}")
+        print(f"use it: export MLFLOW_TRACKING_URI={srv.uri}")
+        if srv.optuna:
+            print(f"sweeps that several machines share: mlops-sweep --set sweep.storage={srv.optuna}")
+        return
     srv = start_tracking_server(port=port, root=root)
     extra = f" (pid {srv.pid}, state in {srv.root})" if srv.started else ""
     print(f"MLflow server {'started' if srv.started else 'already running'}: {srv.uri}{extra}")
@@ -116,17 +133,29 @@ def _start(port: _PortOpt = None, root: _RootOpt = None) -> None:
 
 
 @_mlflow_app.command("stop")
-def _stop(root: _RootOpt = None) -> None:
+def _stop(root: _RootOpt = None, team: _TeamOpt = False) -> None:
     "Stop this project's server: every process of it, found by record, process group, port and database."
+    if team:
+        from mlops_day28.team_server import stop_team_server
+
+        print(stop_team_server(root) or "no running team server recorded in .team/server.json")
+        return
     from mlops_day28.tracking_server import stop_tracking_server
 
     print(stop_tracking_server(root) or "no running MLflow server recorded in .mlflow/server.json")
 
 
 @_mlflow_app.command("status")
-def _status(port: _PortOpt = None, root: _RootOpt = None) -> int:
+def _status(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False) -> int:
     "Say whether an MLflow server answers, and which of this project's processes serve it; exit 1 if none answers."
     from mlops_day28.tracking_server import server_status
+
+    if team:
+        from mlops_day28.team_server import team_status
+
+        up, line = team_status(root)
+        print(line)
+        return 0 if up else 1
 
     version, line = server_status(root, port)
     print(line)

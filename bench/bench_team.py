@@ -1,0 +1,129 @@
+"""The team server (PostgreSQL) against the local server (SQLite): one tracked run, and four writers at once.
+
+    .venv/bin/python bench/bench_team.py [--config configs/tiny.yaml] [--writers 4] [--repeats 2]
+
+Starts both servers in a temporary project folder (free ports, stopped by process id at the
+end): the local one as `make mlflow` runs it (SQLite, one worker) and the team one as
+`make team` does (PostgreSQL, two workers, proxied artifacts). Then, against each:
+
+- one `mlops-train` at a time (--repeats times, alternating servers): its wall time;
+- `--writers` `mlops-train` processes started together, each training, logging a model,
+  registering it and running the gate: each one's exit code and time, the lines in their
+  output that say "database is locked" or a retry, and afterwards what the server holds
+  (FINISHED runs, model versions; a run or version missing is one lost).
+
+Prints a JSON summary and the ratios team / local, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient
+
+from mlops_day28.processes import free_port
+from mlops_day28.team_server import start_team_server, stop_team_server
+from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+
+TROUBLE = ("database is locked", "Retrying", "retry", "OperationalError", "deadlock")
+
+
+def train(uri: str, config: Path, name: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [str(BIN / "mlops-train"), "--config", str(config), "--no-progress", "--set", f"tracking.run_name={name}"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def one_run(uri: str, config: Path, name: str) -> float:
+    start = time.perf_counter()
+    p = train(uri, config, name)
+    out, _ = p.communicate(timeout=600)
+    if p.returncode != 0:
+        raise SystemExit(f"{name} failed on {uri}:\n{out[-3000:]}")
+    return time.perf_counter() - start
+
+
+def writers(uri: str, config: Path, n: int, tag: str) -> dict:
+    start = time.perf_counter()
+    procs = [(train(uri, config, f"{tag}-writer-{i}"), time.perf_counter()) for i in range(n)]
+    results = []
+    for p, t0 in procs:
+        out, _ = p.communicate(timeout=900)
+        trouble = [line for line in out.splitlines() if any(t in line for t in TROUBLE)]
+        results.append({"exit": p.returncode, "s": round(time.perf_counter() - t0, 1), "trouble": trouble[:5]})
+    wall = time.perf_counter() - start
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"attributes.run_name LIKE '{tag}-writer-%'",
+        max_results=1000,
+    )
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    versions = [v for v in client.search_model_versions(max_results=1000) if v.run_id in {r.info.run_id for r in runs}]
+    return {
+        "wall_s": round(wall, 1),
+        "exits": [r["exit"] for r in results],
+        "each_s": [r["s"] for r in results],
+        "trouble_lines": sum(len(r["trouble"]) for r in results),
+        "trouble_examples": [t for r in results for t in r["trouble"]][:5],
+        "runs_finished": finished,
+        "runs_lost": n - finished,
+        "versions": len(versions),
+        "versions_lost": n - len(versions),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+    project = Path(tempfile.mkdtemp(prefix="bench-team-"))
+    project.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach .team/pg
+    (project / "pyproject.toml").touch()
+    report: dict = {"config": str(args.config), "writers": args.writers, "cpus": os.cpu_count()}
+    try:
+        t0 = time.perf_counter()
+        team = start_team_server(project, free_port())
+        report["team_first_start_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        local = start_tracking_server(port=free_port(), root=project)
+        report["local_start_s"] = round(time.perf_counter() - t0, 1)
+        servers = {"local": local.uri, "team": team.uri}
+        times = {k: [] for k in servers}
+        for r in range(args.repeats):
+            for kind in servers if r % 2 == 0 else reversed(list(servers)):
+                times[kind].append(one_run(servers[kind], args.config, f"single-{kind}-{r}"))
+        report["one_run_s"] = {k: [round(t, 1) for t in v] for k, v in times.items()}
+        report["one_run_ratio_team_over_local"] = round(
+            statistics.median(times["team"]) / statistics.median(times["local"]), 2
+        )
+        for kind, uri in servers.items():
+            report[f"writers_{kind}"] = writers(uri, args.config, args.writers, kind)
+        report["writers_wall_ratio_team_over_local"] = round(
+            report["writers_team"]["wall_s"] / report["writers_local"]["wall_s"], 2
+        )
+    finally:
+        stop_team_server(project)
+        stop_tracking_server(project)
+        shutil.rmtree(project, ignore_errors=True)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
