@@ -10,7 +10,9 @@ end): the local one as `make mlflow` runs it (SQLite, one worker) and the team o
 - `--writers` `mlops-train` processes started together, each training, logging a model,
   registering it and running the gate: each one's exit code and time, the lines in their
   output that say "database is locked" or a retry, and afterwards what the server holds
-  (FINISHED runs, model versions; a run or version missing is one lost).
+  (FINISHED runs, model versions; a run or version missing is one lost). The same again
+  with no server at all, every writer opening one SQLite file (`MLFLOW_TRACKING_URI=sqlite:///...`),
+  as a team sharing a file on a network disk would: once with its tables made first, once new.
 
 Prints a JSON summary and the ratios team / local, measured in the same run.
 """
@@ -38,7 +40,7 @@ from mlops_day28.processes import free_port
 from mlops_day28.team_server import start_team_server, stop_team_server
 from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
 
-TROUBLE = ("database is locked", "Retrying", "retry", "OperationalError", "deadlock")
+TROUBLE = ("database is locked", "Retrying", "retry", "OperationalError", "deadlock", "already exists")
 
 
 def train(uri: str, config: Path, name: str) -> subprocess.Popen:
@@ -65,20 +67,26 @@ def writers(uri: str, config: Path, n: int, tag: str) -> dict:
         trouble = [line for line in out.splitlines() if any(t in line for t in TROUBLE)]
         results.append({"exit": p.returncode, "s": round(time.perf_counter() - t0, 1), "trouble": trouble[:5]})
     wall = time.perf_counter() - start
-    client = MlflowClient(uri, registry_uri=uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        f"attributes.run_name LIKE '{tag}-writer-%'",
-        max_results=1000,
-    )
-    finished = sum(r.info.status == "FINISHED" for r in runs)
-    versions = [v for v in client.search_model_versions(max_results=1000) if v.run_id in {r.info.run_id for r in runs}]
-    return {
+    seen = {
         "wall_s": round(wall, 1),
         "exits": [r["exit"] for r in results],
         "each_s": [r["s"] for r in results],
         "trouble_lines": sum(len(r["trouble"]) for r in results),
-        "trouble_examples": [t for r in results for t in r["trouble"]][:5],
+        "trouble_examples": [t[:200] for r in results for t in r["trouble"]][:5],
+    }
+    try:
+        client = MlflowClient(uri, registry_uri=uri)
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"attributes.run_name LIKE '{tag}-writer-%'",
+            max_results=1000,
+        )
+    except Exception as e:  # the store itself is broken
+        return {**seen, "store_error": str(e).splitlines()[0][:300], "runs_lost": n, "versions_lost": n}
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    versions = [v for v in client.search_model_versions(max_results=1000) if v.run_id in {r.info.run_id for r in runs}]
+    return {
+        **seen,
         "runs_finished": finished,
         "runs_lost": n - finished,
         "versions": len(versions),
@@ -104,6 +112,10 @@ def main(argv=None) -> int:
         local = start_tracking_server(port=free_port(), root=project)
         report["local_start_s"] = round(time.perf_counter() - t0, 1)
         servers = {"local": local.uri, "team": team.uri}
+        fresh = f"sqlite:///{project / 'fresh' / 'mlflow.db'}"  # no server: every writer opens the file, new
+        made = f"sqlite:///{project / 'made' / 'mlflow.db'}"  # the same, its tables made first
+        (project / "fresh").mkdir(), (project / "made").mkdir()
+        MlflowClient(made, registry_uri=made).search_experiments()
         times = {k: [] for k in servers}
         for r in range(args.repeats):
             for kind in servers if r % 2 == 0 else reversed(list(servers)):
@@ -112,8 +124,11 @@ def main(argv=None) -> int:
         report["one_run_ratio_team_over_local"] = round(
             statistics.median(times["team"]) / statistics.median(times["local"]), 2
         )
-        for kind, uri in servers.items():
+        for kind, uri in {**servers, "sqlite_file_made": made, "sqlite_file_new": fresh}.items():
             report[f"writers_{kind}"] = writers(uri, args.config, args.writers, kind)
+        for kind, log in [("local", project / ".mlflow" / "server.log"), ("team", project / ".team" / "server.log")]:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            report[f"server_log_{kind}"] = {t: text.count(t) for t in TROUBLE if text.count(t)}
         report["writers_wall_ratio_team_over_local"] = round(
             report["writers_team"]["wall_s"] / report["writers_local"]["wall_s"], 2
         )

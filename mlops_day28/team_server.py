@@ -166,9 +166,20 @@ def _init_cluster(pg: Path, log: Path) -> None:
         raise TrackingServerError(f"initdb failed (exit {done.returncode}): {tail}; the whole log: {log}")
 
 
-def _start_postgres(pg: Path, log: Path, timeout: float) -> tuple[int, int]:
-    "Start `postgres` on `pg` on a free loopback port; (port, pid) once it takes connections."
+def _pg_port(state: Path) -> int:
+    "The port PostgreSQL had last time (kept in `.team/pg_port`, so storage URLs stay the same), if free; else a free one."
+    with contextlib.suppress(OSError, ValueError):
+        last = int((state / "pg_port").read_text())
+        if not port_is_open(last):
+            return last
     port = free_port()
+    (state / "pg_port").write_text(str(port))
+    return port
+
+
+def _start_postgres(pg: Path, log: Path, timeout: float) -> tuple[int, int]:
+    "Start `postgres` on `pg` on a loopback port (the last one when free); (port, pid) once it takes connections."
+    port = _pg_port(pg.parent)
     cmd = [str(postgres_program("postgres")), "-D", str(pg), "-p", str(port)]
     cmd += ["-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories="]
     proc = start_process(

@@ -98,3 +98,29 @@ def test_training_the_registry_and_the_gate_work_on_it_with_artifacts_on_the_ser
         runs = c.execute("SELECT count(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0]
     assert runs >= 1  # in PostgreSQL, not in a sqlite file
     assert not list(root.rglob("*.db"))
+
+
+def test_a_database_of_your_own_is_used_as_named_and_left_running(team, tmp_path, monkeypatch):
+    import psycopg
+
+    _, server = team
+    with psycopg.connect(host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="postgres", autocommit=True) as c:
+        c.execute('DROP DATABASE IF EXISTS "theirs"')
+        c.execute('CREATE DATABASE "theirs"')
+    (tmp_path / "pyproject.toml").touch()
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", f"postgresql://mlflow:secret@127.0.0.1:{server.pg_port}/theirs")
+    theirs = start_team_server(tmp_path, free_port())
+    try:
+        assert theirs.started == ["mlflow"] and theirs.pg_pid is None and theirs.optuna is None
+        assert "secret" not in theirs.backend and "secret" not in (tmp_path / ".team" / "server.json").read_text()
+        assert not (tmp_path / ".team" / "pg").exists()  # no cluster of its own
+        import mlflow
+
+        exp = mlflow.MlflowClient(theirs.uri).create_experiment("named-database")
+        with psycopg.connect(host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="theirs") as c:
+            assert (
+                c.execute("SELECT count(*) FROM experiments WHERE experiment_id = %s", (int(exp),)).fetchone()[0] == 1
+            )
+    finally:
+        assert stop_team_server(tmp_path) == f"stopped the team server: MLflow (pid {theirs.mlflow_pid})"
+    assert psutil.pid_exists(server.pg_pid)  # the database it was given still runs

@@ -16,6 +16,7 @@ torch (`OMP_NUM_THREADS`, unless set), so two trainings do not fight over them.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -66,6 +67,21 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
     return not error, seconds, error
+
+
+def stop_hint(uri: str) -> str:
+    "How to stop the server at `uri`: the local one, the team one, or one that is not this project's."
+    from mlops_day28.team_server import TeamServer, team_dir
+
+    try:
+        team = TeamServer(**json.loads((team_dir(ROOT) / "server.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        team = None
+    if team and team.uri == uri:
+        return "stop it with: make team-stop"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "the server at MLFLOW_TRACKING_URI is not this project's to stop"
+    return "stop the server with: make stop"
 
 
 def ready(pending: list[Path], done: set[str], started: set[str]) -> list[Path]:
@@ -184,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\nThe tracking server holds:")
     print("\n".join(summarize(server.uri)) or "  (nothing yet)")
-    print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   (stop the server with: make stop)")
+    print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   ({stop_hint(server.uri)})")
     print("Work through the notebooks yourself: make lab")
     return 0
 
