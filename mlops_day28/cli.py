@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from .errors import MlopsError, failing_as, report
+from .errors import InputError, MlopsError, failing_as, report
 
 # %% auto #0
 __all__ = ["run", "command", "mlflow", "check_config", "train", "sweep", "evaluate", "deploy", "serve"]
@@ -109,16 +109,26 @@ _TeamOpt = Annotated[
 ]
 
 
+_HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="--team: the address MLflow listens on (default 127.0.0.1; a team's: this machine's on its network)"
+    ),
+]
+
+
 @_mlflow_app.command("start")
-def _start(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False) -> None:
+def _start(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False, host: _HostOpt = None) -> None:
     "Start the local MLflow server (or find it running); --team: the team server on PostgreSQL."
     from mlops_day28.lifecycle import tidy_runs
     from mlops_day28.tracking_server import start_tracking_server
 
+    if host and not team:
+        raise InputError("--host is for the team server (--team); the local server listens on 127.0.0.1 only")
     if team:
         from mlops_day28.team_server import start_team_server
 
-        srv = start_team_server(root, port)
+        srv = start_team_server(root, port, host=host or "127.0.0.1")
         print(f"{'started' if srv.started else 'already running'}: {srv.line()}")
         print(f"use it: export MLFLOW_TRACKING_URI={srv.uri}")
         if srv.optuna:

@@ -215,10 +215,11 @@ def start_team_server(
     root: str | Path | None = None,  # the project whose .team/ holds the state (default: this one)
     port: int | None = None,  # the MLflow server's port (default: $MLFLOW_TEAM_PORT, else 5001)
     timeout: float = 180.0,  # seconds to wait for each server (MLflow makes its tables on the first start)
+    host: str = HOST,  # the address MLflow listens on: loopback, or this machine's address on the team's network
 ) -> TeamServer:
     "Start PostgreSQL (unless `$MLFLOW_BACKEND_STORE_URI` names one) and an MLflow server on it; or find them running."
     port = port or team_port()
-    state, uri = team_dir(root), f"http://{HOST}:{port}"
+    state, uri = team_dir(root), f"http://{host}:{port}"
     rec = _record(root)
     if rec and _alive(rec.mlflow_pid, "mlflow") and mlflow_version_at(rec.uri):
         if rec.uri != uri:
@@ -226,10 +227,10 @@ def start_team_server(
                 f"the team server already runs at {rec.uri}; use it, or stop it first (make team-stop)"
             )
         return replace(rec, started=[])
-    if port_is_open(port):
+    if port_is_open(port, host):
         what = "an MLflow server that is not this project's team server" if mlflow_version_at(uri) else "something else"
         raise TrackingServerError(
-            f"port {port} on {HOST} is in use by {what}; pick another: MLFLOW_TEAM_PORT={port + 1}"
+            f"port {port} on {host} is in use by {what}; pick another: MLFLOW_TEAM_PORT={port + 1}"
         )
     if rec and _alive(rec.pg_pid, "postgres"):  # the MLflow server died and left its database running
         _stop_postgres(rec.pg_pid)
@@ -242,7 +243,7 @@ def start_team_server(
         optuna, started = f"postgresql://mlflow@{HOST}:{pg_port}/optuna", ["postgres"]
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [mlflow_bin, "server", "--workers", "2", "--backend-store-uri", backend]
-    cmd += ["--artifacts-destination", str((state / "artifacts").resolve()), "--host", HOST, "--port", str(port)]
+    cmd += ["--artifacts-destination", str((state / "artifacts").resolve()), "--host", host, "--port", str(port)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         proc = start_process(
