@@ -233,14 +233,31 @@ def sweep(
     ] = None,
     overrides: _SetOpt = None,
     no_progress: _NoProgressOpt = False,
+    worker: Annotated[
+        bool, typer.Option("--worker", help="join the sweep of this name as one more worker, from any machine")
+    ] = False,
+    storage: Annotated[
+        str | None, typer.Option(metavar="URL", help="the Optuna storage the workers share (default: sweep.storage)")
+    ] = None,
 ) -> None:
     "Run the config's hyperparameter sweep, every trial a tracked run; the same command again resumes it."
     from mlops_day28.data import load_dataset
     from mlops_day28.tracking_server import setup_mlflow
 
-    cfg = _load(config, [*(overrides or []), *([f"sweep.strategy={strategy}"] if strategy else [])], conflicts=True)
+    extra = [*([f"sweep.strategy={strategy}"] if strategy else []), *([f"sweep.storage={storage}"] if storage else [])]
+    cfg = _load(config, [*(overrides or []), *extra], conflicts=True)
     load_dataset(cfg)  # missing or bad data stops here, before any run
     setup_mlflow(root=cfg.root)
+    if worker:
+        from mlops_day28.distributed import sweep_worker
+
+        with failing_as("the sweep worker", "finished trials are kept; other workers go on"):
+            result = sweep_worker(cfg, n_trials)
+        ended = "and ended the sweep" if result.best is not None else "(the last worker ends the sweep)"
+        print(f"worker for sweep {cfg.sweep.name!r} ({cfg.sweep.strategy}): {len(result.ran)} trials run {ended}")
+        if result.best is not None:
+            print(f"best: {json.dumps(result.best)} final_val_accuracy={result.best_score}")
+        return
     with failing_as("the sweep", "finished trials are kept: run the same command to resume"):
         if cfg.sweep.strategy == "tpe":
             from mlops_day28.tpe import run_tpe_sweep

@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from .tracking_server import TrackingServerError, mlflow_version_at
 __all__ = [
     "TEAM_PORT",
     "DATABASES",
+    "NETWORK_HBA",
     "team_dir",
     "team_port",
     "postgres_program",
@@ -177,11 +179,32 @@ def _pg_port(state: Path) -> int:
     return port
 
 
-def _start_postgres(pg: Path, log: Path, timeout: float) -> tuple[int, int]:
-    "Start `postgres` on `pg` on a loopback port (the last one when free); (port, pid) once it takes connections."
+NETWORK_HBA = "host all mlflow samenet scram-sha-256  # mlops_day28: the team's network, with a password\n"
+
+
+def _open_to_network(pg: Path, port: int) -> str:
+    "Let the team's network in (password required, `.team/pg_password`); the password."
+    secret = pg.parent / "pg_password"
+    if not secret.exists():
+        secret.touch(mode=0o600)
+        secret.write_text(secrets.token_urlsafe(18))
+    password = secret.read_text().strip()
+    from psycopg import sql
+
+    with _connect(port) as c:
+        c.execute(sql.SQL("ALTER ROLE mlflow PASSWORD {}").format(password))
+    return password
+
+
+def _start_postgres(pg: Path, log: Path, timeout: float, host: str = HOST) -> tuple[int, int, str | None]:
+    "Start `postgres` on `pg` (the last port when free); (port, pid, the network's password or None) once it answers."
     port = _pg_port(pg.parent)
+    hba = pg / "pg_hba.conf"
+    if host != HOST and NETWORK_HBA not in hba.read_text():
+        with open(hba, "a") as f:  # loopback stays trusted; the team's network needs the password
+            f.write(NETWORK_HBA)
     cmd = [str(postgres_program("postgres")), "-D", str(pg), "-p", str(port)]
-    cmd += ["-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories="]
+    cmd += ["-c", f"listen_addresses={HOST}" + (f",{host}" if host != HOST else ""), "-c", "unix_socket_directories="]
     proc = start_process(
         cmd, "postgres", f"postgresql://{HOST}:{port}", lambda: _answers(port), timeout, log, **postgres_user()
     )
@@ -190,7 +213,7 @@ def _start_postgres(pg: Path, log: Path, timeout: float) -> tuple[int, int]:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if cur.fetchone() is None:
                 cur.execute(f'CREATE DATABASE "{db}"')
-    return port, proc.popen.pid
+    return port, proc.popen.pid, (_open_to_network(pg, port) if host != HOST else None)
 
 
 def _stop_postgres(pid: int, timeout: float = 30) -> None:
@@ -238,9 +261,10 @@ def start_team_server(
     backend, optuna, pg_port, pg_pid, started = os.environ.get("MLFLOW_BACKEND_STORE_URI"), None, None, None, []
     if not backend:
         _init_cluster(state / "pg", state / "postgres.log")
-        pg_port, pg_pid = _start_postgres(state / "pg", state / "postgres.log", timeout)
+        pg_port, pg_pid, password = _start_postgres(state / "pg", state / "postgres.log", timeout, host)
         backend = f"postgresql://mlflow@{HOST}:{pg_port}/mlflow"
-        optuna, started = f"postgresql://mlflow@{HOST}:{pg_port}/optuna", ["postgres"]
+        who = f"mlflow:{password}@{host}" if password else f"mlflow@{HOST}"  # other machines need the password
+        optuna, started = f"postgresql://{who}:{pg_port}/optuna", ["postgres"]
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [mlflow_bin, "server", "--workers", "2", "--backend-store-uri", backend]
     cmd += ["--artifacts-destination", str((state / "artifacts").resolve()), "--host", host, "--port", str(port)]
@@ -265,6 +289,7 @@ def start_team_server(
         uri, shown, str(state / "artifacts"), optuna, pg_port, pg_pid, proc.popen.pid, [*started, "mlflow"]
     )
     (state / "server.json").write_text(json.dumps(asdict(server)))
+    (state / "server.json").chmod(0o600)  # with --host, the storage URL in it holds the network's password
     return server
 
 

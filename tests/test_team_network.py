@@ -1,15 +1,19 @@
-"""The team server reached from another machine (nbs/00db_team_server): network namespaces made by the test.
+"""The team server reached from other machines (nbs/00db_team_server, 04c_distributed): network namespaces made by the test.
 
 One namespace is the server's machine: PostgreSQL on its own loopback, the MLflow team
 server on its address on a bridge. Another is a worker's machine, with a host name of its
-own, linked to the bridge by a veth pair. The worker trains, logs, registers and runs the
+own, linked to the bridge by a veth pair. A worker trains, logs, registers and runs the
 gate against the server over that network only: the address exists nowhere else, so the
-test's own namespace cannot reach it. Needs root; skipped with the reason elsewhere,
+test's own namespace cannot reach it. Then three workers on three machines share one grid
+sweep through PostgreSQL (Optuna's storage, with a password on that network), and one of
+them is killed with SIGKILL in the middle of a trial. Needs root; skipped with the reason elsewhere,
 except where MLOPS_REQUIRE_NETNS=1 (set by .ci/run): there it fails.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +38,7 @@ def machines():
         if os.environ.get("MLOPS_REQUIRE_NETNS") == "1":
             pytest.fail(f"network namespaces are required here (MLOPS_REQUIRE_NETNS=1): {why}")
         pytest.skip(why)
-    m = Machines(["server", "worker1"])
+    m = Machines(["server", "worker1", "worker2", "worker3"])
     try:
         yield m
     finally:
@@ -85,3 +89,89 @@ def test_a_worker_on_another_machine_trains_against_the_team_server(machines):
         shutil.rmtree(project, ignore_errors=True)
     assert stop.stdout.startswith("stopped the team server: MLflow"), stop.stdout + stop.stderr
     assert machines.pids("server") == []  # nothing of the servers is left running in that machine
+
+
+POLL_RUNNING = """
+import os, sys, time, mlflow
+c = mlflow.MlflowClient()
+deadline = time.time() + 240
+while time.time() < deadline:
+    exp = c.get_experiment_by_name("week5_project_optimization")
+    runs = c.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{sys.argv[1]}'") if exp else []
+    mine = [r for r in runs if r.data.tags.get("mlops.host") == sys.argv[2] and r.data.tags.get("sweep.role") != "parent"]
+    if any(r.info.status == "FINISHED" for r in mine):  # it has finished one trial: kill it in its next
+        for r in mine:
+            if r.info.status == "RUNNING":
+                os.kill(int(r.data.tags["mlops.pid"]), 9)  # at once: mid-trial, not a moment after it ended
+                print(r.data.tags["mlops.pid"], r.info.run_id)
+                sys.exit(0)
+    time.sleep(0.3)
+sys.exit(1)
+"""
+
+REPORT = """
+import json, sys, mlflow
+c = mlflow.MlflowClient()
+exp = c.get_experiment_by_name("week5_project_optimization")
+runs = c.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{sys.argv[1]}'", max_results=1000)
+print(json.dumps([{"role": r.data.tags.get("sweep.role", "child"), "status": r.info.status, "key": r.data.tags.get("sweep.trial_key"),
+  "host": r.data.tags.get("mlops.host"), "best": r.data.tags.get("is_best") == "true", "run_id": r.info.run_id,
+  "reason": r.data.tags.get("mlops.closed_reason")} for r in runs]))
+"""
+
+
+def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_again(machines, tmp_path):
+    project = Path(tempfile.mkdtemp(prefix="team-sweep-"))
+    project.chmod(0o755)
+    (project / "pyproject.toml").touch()
+    address, port = machines.address["server"], "5001"
+    uri, name = f"http://{address}:{port}", f"team_grid_{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    mlflow_cmd = [str(BIN / "mlops-mlflow")]
+    logs = contextlib.ExitStack()
+    try:
+        start = machines.run(
+            "server", [*mlflow_cmd, "start", "--team", "--root", str(project), "--host", address, "--port", port]
+        )
+        assert start.returncode == 0, start.stdout + start.stderr
+        storage = start.stdout.split("sweep.storage=")[1].split()[0]
+        assert f"@{address}:" in storage and ":" in storage.split("@")[0].removeprefix("postgresql://")  # a password
+        sweep = [
+            "env",
+            f"MLFLOW_TRACKING_URI={uri}",
+            str(BIN / "mlops-sweep"),
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+        ]
+        sweep += ["--worker", "--storage", storage, "--set", f"sweep.name={name}", "--no-progress"]
+        sweep += ["--set", "training.num_epochs=15"]  # trials of a few seconds: time to be killed in one
+        workers = {}
+        for w in ("worker1", "worker2", "worker3"):
+            log = logs.enter_context(open(tmp_path / f"{w}.log", "w"))  # noqa: SIM115 (closed by the stack)
+            workers[w] = machines.start(
+                w, sweep, hostname=w, env=env, cwd=str(project), stdout=log, stderr=subprocess.STDOUT
+            )
+        ask = ["env", f"MLFLOW_TRACKING_URI={uri}", sys.executable, "-c"]
+        found = machines.run("server", [*ask, POLL_RUNNING, name, "worker2"], env=env, timeout=300)
+        assert found.returncode == 0, found.stdout + found.stderr
+        pid, killed_run = found.stdout.split()
+        assert int(pid) == workers["worker2"].pid  # the worker process itself, killed mid-trial
+        for w in ("worker1", "worker3"):
+            assert workers[w].wait(300) == 0, (tmp_path / f"{w}.log").read_text()[-3000:]
+        assert workers["worker2"].wait(10) == -9
+
+        report = machines.run("server", [*ask, REPORT, name], env=env)
+        runs = json.loads(report.stdout)
+        children = [r for r in runs if r["role"] == "child"]
+        finished = [r for r in children if r["status"] == "FINISHED"]
+        assert len(finished) == 18 and len({r["key"] for r in finished}) == 18  # each grid point once
+        assert sum(r["best"] for r in runs) == 1
+        assert {r["host"] for r in finished} == {"worker1", "worker2", "worker3"}
+        assert not [r for r in runs if r["status"] == "RUNNING"]  # nothing left RUNNING
+        killed = next(r for r in children if r["run_id"] == killed_run)
+        assert killed["status"] == "FAILED" and "stopped sending heartbeats" in killed["reason"]
+        assert [r["status"] for r in runs if r["role"] == "parent"] == ["FINISHED"]
+    finally:
+        logs.close()
+        machines.run("server", [*mlflow_cmd, "stop", "--team", "--root", str(project)])
+        shutil.rmtree(project, ignore_errors=True)
