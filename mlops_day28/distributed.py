@@ -147,6 +147,8 @@ def sweep_worker(
             time.sleep(poll)  # others' trials run: one may die, and its retry needs a worker
         else:
             break
+    else:  # gave up waiting with trials still running: ending the sweep now would mark a best too early
+        return SweepResult(parent_id, strategy, None, None, None, ran, 0, True)
     with server_lock(f"sweep.{exp_id}.{cfg.sweep.name}"):  # the last worker ends it, once
         if MlflowClient().get_run(parent_id).info.status == "RUNNING":
             return finish_sweep(cfg, parent_id, strategy, ran, 0, True)

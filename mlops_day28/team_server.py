@@ -35,6 +35,7 @@ __all__ = [
     "postgres_program",
     "postgres_user",
     "TeamServer",
+    "recorded_team_server",
     "start_team_server",
     "stop_team_server",
     "team_status",
@@ -102,7 +103,8 @@ class TeamServer:
         return f"team MLflow server at {self.uri} (pid {self.mlflow_pid}) on {pg}, artifacts in {self.artifacts}"
 
 
-def _record(root) -> TeamServer | None:
+def recorded_team_server(root: str | Path | None = None) -> TeamServer | None:
+    "The team server recorded in `.team/server.json` (running or not), or None."
     with contextlib.suppress(OSError, ValueError, TypeError):
         return TeamServer(**json.loads((team_dir(root) / "server.json").read_text()))
     return None
@@ -243,7 +245,7 @@ def start_team_server(
     "Start PostgreSQL (unless `$MLFLOW_BACKEND_STORE_URI` names one) and an MLflow server on it; or find them running."
     port = port or team_port()
     state, uri = team_dir(root), f"http://{host}:{port}"
-    rec = _record(root)
+    rec = recorded_team_server(root)
     if rec and _alive(rec.mlflow_pid, "mlflow") and mlflow_version_at(rec.uri):
         if rec.uri != uri:
             raise TrackingServerError(
@@ -295,7 +297,7 @@ def start_team_server(
 
 def stop_team_server(root: str | Path | None = None) -> str | bool:
     "Stop the team server's processes by pid (MLflow, then PostgreSQL); a sentence, or False if none ran."
-    rec, record = _record(root), team_dir(root) / "server.json"
+    rec, record = recorded_team_server(root), team_dir(root) / "server.json"
     if rec is None:
         return False
     stopped = []
@@ -311,7 +313,7 @@ def stop_team_server(root: str | Path | None = None) -> str | bool:
 
 def team_status(root: str | Path | None = None) -> tuple[bool, str]:
     "(whether the team server answers, one line saying what runs)."
-    rec = _record(root)
+    rec = recorded_team_server(root)
     if rec is None:
         return False, "no team server recorded in .team/server.json (make team starts one)"
     up, pg = mlflow_version_at(rec.uri) is not None, rec.pg_pid is None or _alive(rec.pg_pid, "postgres")

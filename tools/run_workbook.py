@@ -16,7 +16,6 @@ torch (`OMP_NUM_THREADS`, unless set), so two trainings do not fight over them.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -71,12 +70,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
 
 def stop_hint(uri: str) -> str:
     "How to stop the server at `uri`: the local one, the team one, or one that is not this project's."
-    from mlops_day28.team_server import TeamServer, team_dir
+    from mlops_day28.team_server import recorded_team_server
 
-    try:
-        team = TeamServer(**json.loads((team_dir(ROOT) / "server.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        team = None
+    team = recorded_team_server(ROOT)
     if team and team.uri == uri:
         return "stop it with: make team-stop"
     if os.environ.get("MLFLOW_TRACKING_URI"):
