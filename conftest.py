@@ -15,7 +15,8 @@ One MLflow server serves each test process: it is started on a free port in a te
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
 (so kernels inherit it), and stopped by process id at the end. With `pytest -n 2` each
 worker has its own. Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
-already have.
+already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own: in a
+temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
 """
 
 import os
@@ -51,7 +52,7 @@ _TICKS = "test_workbook_ticks"
 
 def _group(path: str) -> str:
     "The unit of work of the test at `path` (relative to the project): the exercises, or its own file."
-    exercise = re.fullmatch(r"nbs/0[1-9]_[^/]*\.ipynb", path) or path == f"tests/{_TICKS}.py"
+    exercise = re.fullmatch(r"nbs/0[1-6]_[^/]*\.ipynb", path) or path == f"tests/{_TICKS}.py"
     return EXERCISES if exercise else path
 
 
@@ -79,6 +80,7 @@ _FIRST = [
     "test_pipeline",
     "test_tracking_server",
     "00d_tracking_server",
+    "07_team",
 ]
 
 
@@ -102,7 +104,24 @@ def pytest_collection_modifyitems(items):
     items.sort(key=_cost_rank)  # stable: a file's tests, and a notebook's cells, stay in order
 
 
+TEAM_NOTEBOOK = "07_team.ipynb"
+
+
+def _team_root(session) -> None:
+    "07_team starts a team server: in a folder of this session's, on a free port; stopped in pytest_sessionfinish."
+    if os.environ.get("MLOPS_TEAM_ROOT") or not any(i.path.name == TEAM_NOTEBOOK for i in session.items):
+        return
+    from mlops_day28.processes import free_port
+
+    root = tempfile.mkdtemp(prefix="mlops-day28-team-")  # not under pytest's folder, which only root may enter
+    os.chmod(root, 0o755)  # as root, PostgreSQL runs as `postgres`, which must reach .team/pg
+    session.config._mlops_team_root = root
+    os.environ["MLOPS_TEAM_ROOT"] = root  # kernels inherit both
+    os.environ.setdefault("MLFLOW_TEAM_PORT", str(free_port()))
+
+
 def pytest_collection_finish(session):
+    _team_root(session)
     if os.environ.get("MLFLOW_TRACKING_URI") or not any(_needs_server(i) for i in session.items):
         return
     from mlops_day28.processes import free_port
@@ -115,6 +134,13 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    team_root = getattr(session.config, "_mlops_team_root", None)
+    if team_root:
+        from mlops_day28.team_server import stop_team_server
+
+        stop_team_server(team_root)  # by the process ids recorded when it started, if it did
+        os.environ.pop("MLOPS_TEAM_ROOT", None)
+        shutil.rmtree(team_root, ignore_errors=True)
     started = getattr(session.config, "_mlops_server", None)
     if not started:
         return

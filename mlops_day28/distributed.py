@@ -21,30 +21,49 @@ from .tracking import git_tags
 from .trials import grid_points, grid_summary, run_trial, trial_run_name
 
 # %% auto #0
-__all__ = ["HEARTBEAT_S", "GRACE_S", "shared_storage", "join_sweep", "sweep_worker"]
+__all__ = ["shared_storage", "join_sweep", "sweep_worker"]
+
 
 # %% ../nbs/04c_distributed.ipynb #ds000002
-HEARTBEAT_S, GRACE_S = 5, 15  # a trial whose worker is silent for GRACE_S is failed and queued again
+def _runs_of(client: MlflowClient, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[str]:
+    "The MLflow run ids of `trial`: from its user attribute, else (its worker died before setting it) by its tags."
+    if run_id := trial.user_attrs.get("mlflow_run_id"):
+        return [run_id]
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent_id:
+        return []
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    found = f"tags.mlflow.parentRunId = '{parent_id}' and tags.`optuna.trial` = '{trial.number}'"
+    return [r.info.run_id for r in client.search_runs([experiment_id], found)]
 
 
-def _close_run_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    "Close the MLflow run of a trial whose worker died, then queue the trial again."
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
+def _close_run_of(grace: int):
+    "Optuna's callback for a trial whose worker died: close the trial's MLflow run, then queue the trial again."
+
+    def close(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         client = MlflowClient()
-        reason = f"its worker stopped sending heartbeats (killed?) for {GRACE_S} s; the trial was queued again"
-        client.set_tag(run_id, "mlops.closed_reason", reason)
-        client.set_tag(run_id, "sweep.state", "failed")
-        client.set_terminated(run_id, "FAILED")
-    optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, trial)
+        for run_id in _runs_of(client, study, trial):
+            reason = f"its worker sent no heartbeat for {grace} s (killed?); the trial was queued again"
+            client.set_tag(run_id, "mlops.closed_reason", reason)
+            client.set_tag(run_id, "sweep.state", "failed")
+            client.set_terminated(run_id, "FAILED")
+        optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, trial)
+
+    return close
 
 
-def shared_storage(url: str) -> optuna.storages.RDBStorage:
+def shared_storage(
+    url: str,
+    grace: int = 15,  # seconds a trial's worker may be silent (sweep.worker_grace); it beats every grace/3 s
+) -> optuna.storages.RDBStorage:
     "The study's storage, with heartbeats: a dead worker's trial is failed, its run closed, and the trial queued again."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=_close_run_of
+            url,
+            heartbeat_interval=max(1, grace // 3),
+            grace_period=grace,
+            heartbeat_stale_trial_callback=_close_run_of(grace),
         )
 
 
@@ -79,7 +98,7 @@ def join_sweep(cfg: Config) -> tuple[str, str, optuna.Study]:
             client.log_dict(parent_id, cfg.sweep.grid, "sweep_grid.json")
         study = optuna.create_study(
             study_name=study_name,
-            storage=shared_storage(storage_url(cfg)),
+            storage=shared_storage(storage_url(cfg), cfg.sweep.worker_grace),
             direction="maximize",
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler() if strategy == "tpe" else None,  # the grid's trials are queued
@@ -97,10 +116,17 @@ class _TrialFailed(Exception):
     pass
 
 
+def _fresh(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    "The trials that are not retries of a dead worker's trial: TPE's budget counts these."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return [t for t in trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is None]
+
+
 def sweep_worker(
     cfg: Config,
     n_trials: int | None = None,  # TPE's budget (default: sweep.n_trials, else the grid's size)
-    poll: float = 2.0,  # seconds between looks while other workers' trials run
+    poll: float = 1.0,  # seconds between looks while other workers' trials run
     timeout: float = 6 * 3600,  # give up waiting for others after this long
 ) -> SweepResult:
     "Join the sweep as one worker: take trials until none is left, then, if last, mark the best and end it."
@@ -115,7 +141,10 @@ def sweep_worker(
             if not trial.user_attrs.get("sweep.queued"):  # another worker took the last queued point first
                 raise optuna.TrialPruned("no queued grid point was left")
             values = {k: trial.suggest_categorical(k, options) for k, options in grid.items()}
-        else:
+        else:  # trial numbers come from the storage, one at a time: the first `budget` fresh ones run
+            fresh = [t.number for t in _fresh(study.get_trials(deepcopy=False))]
+            if trial.number in fresh and sum(n < trial.number for n in fresh) >= budget:  # a retry always runs
+                raise optuna.TrialPruned("other workers used the budget")
             values = suggest_values(trial, grid)
         tags = {
             "sweep.name": cfg.sweep.name,
@@ -131,7 +160,6 @@ def sweep_worker(
             raise _TrialFailed(result.error)
         return result.final_val_accuracy
 
-    counted = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with warnings.catch_warnings():  # experimental in Optuna 5, and what this needs
@@ -140,7 +168,7 @@ def sweep_worker(
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         running = any(t.state == TrialState.RUNNING for t in trials)
-        budget_left = strategy == "tpe" and sum(t.state in counted for t in trials) < budget
+        budget_left = strategy == "tpe" and len(_fresh(trials)) < budget
         if waiting or budget_left:
             study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
         elif running:

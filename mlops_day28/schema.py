@@ -191,6 +191,9 @@ class SweepConfig(_Section):
     n_jobs: int = Field(1, gt=0)  # worker processes on this machine
     storage: str = "sqlite:///.mlflow/optuna.db"  # Optuna study storage; relative sqlite paths are in the project root
     pruning: bool = True  # TPE: stop trials whose val accuracy is below the median at the same epoch
+    worker_grace: int = Field(
+        15, ge=2
+    )  # mlops-sweep --worker: a worker silent this many seconds has its trial run again
 
     @field_validator("grid")
     @classmethod

@@ -47,8 +47,8 @@ DATABASES = ("mlflow", "optuna")  # the tracking server's store; sweeps' shared 
 
 
 def team_dir(root: str | Path | None = None) -> Path:
-    "The `.team` folder in `root` (default: the project root): the cluster, the artifacts, logs and the record."
-    return Path(root or find_project_root()) / ".team"
+    "The `.team` folder in `root` (default: `$MLOPS_TEAM_ROOT`, else the project root): the cluster, artifacts, logs, record."
+    return Path(root or os.environ.get("MLOPS_TEAM_ROOT") or find_project_root()) / ".team"
 
 
 def team_port() -> int:

@@ -40,6 +40,7 @@ BAD_CONFIGS = {
     "sweep: {grid: {}}": "sweep.grid: is empty",
     "sweep: {grid: {model.dropout: []}}": "sweep.grid: model.dropout has no values",
     "sweep: {grid: {model.dropout: [0.3, 1.5]}}": "sweep.grid: model.dropout value 1.5 is not valid: Input should be less than 1",
+    "sweep: {worker_grace: 1}": "sweep.worker_grace: Input should be greater than or equal to 2",
 }
 
 

@@ -169,6 +169,41 @@ def test_tpe_workers_share_one_study(tracking_uri):
     assert again.resumed and again.ran == [] and again.skipped == len(study.trials)
 
 
+@pytest.mark.slow
+def test_tpe_workers_joining_with_worker_run_the_budget_exactly(tracking_uri):
+    "Three `mlops-sweep --worker` processes on one TPE sweep: the budget is 5 runs in all, not 5 per worker."
+    name = f"tpe_workers_{uuid.uuid4().hex[:8]}"
+    cfg = small(name, strategy="tpe")
+    cmd = [str(Path(sys.executable).parent / "mlops-sweep"), "--config", str(TINY), "--worker", "--n-trials", "5"]
+    cmd += ["--storage", STORAGE, "--no-progress", "--set", "sweep.strategy=tpe", "--set", f"sweep.name={name}"]
+    cmd += [
+        "--set",
+        "experiment_name=tests_sweep",
+        "--set",
+        "training.num_epochs=2",
+        "--set",
+        f"sweep.grid={SMALL_GRID}",
+    ]
+    workers = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)
+    ]
+    try:
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+    parent = sweep.find_sweep(cfg.sweep.name, cfg.experiment_name)
+    children = sweep_children(parent)
+    assert len(children) == 5 and {c.info.status for c in children} == {"FINISHED"}
+    assert sum(c.data.tags.get("is_best") == "true" for c in children) == 1
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"
+    study = optuna.load_study(study_name=f"{cfg.experiment_name}/{cfg.sweep.name}", storage=STORAGE)
+    ran = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.number for t in ran) == [0, 1, 2, 3, 4]  # the first five numbers; any later one was pruned unrun
+    assert {t.user_attrs["mlflow_run_id"] for t in ran} == {c.info.run_id for c in children}
+
+
 def test_storage_path_is_resolved_in_the_project(tmp_path):
     cfg = load_config(TINY)
     assert cfg.sweep.storage == "sqlite:///.mlflow/optuna.db"

@@ -95,6 +95,22 @@ def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri, run)
     assert f"Open the MLflow UI: {tracking_uri}" in r.stdout
 
 
+def test_the_course_six_run_and_a_going_further_notebook_only_when_named(tmp_path, tracking_uri, run):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    stamp = "from pathlib import Path; Path('{}').write_text('ran')"
+    notebook(nbs / "06_last.ipynb", stamp.format("06.ran"))
+    notebook(nbs / "07_team.ipynb", stamp.format("07.ran"))
+    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    assert r.returncode == 0, r.stderr
+    assert (nbs / "06.ran").exists() and not (nbs / "07.ran").exists()
+    assert "1 of 1 notebooks ran" in r.stdout
+    assert "Going further: 07_team.ipynb, not run here" in r.stdout
+    r = run("--nbs", nbs, "--out", tmp_path / "out", "07", tracking_uri=tracking_uri)
+    assert r.returncode == 0, r.stderr
+    assert (nbs / "07.ran").exists() and "07_team.ipynb ... ok" in r.stdout and "Going further" not in r.stdout
+
+
 def test_no_matching_notebooks_is_an_error(tmp_path, tracking_uri, run):
     r = run("--nbs", tmp_path, tracking_uri=tracking_uri)
     assert r.returncode == 2 and "no exercise notebooks matched" in r.stderr

@@ -1,7 +1,8 @@
 """Execute the exercise notebooks in order, headless, against the local MLflow server.
 
 `make workbook` runs this. It starts (or reuses) the tracking server, executes
-nbs/01_*.ipynb, nbs/02_*.ipynb, ... in a fresh kernel each, writes the executed copies
+nbs/01_*.ipynb to nbs/06_*.ipynb (the course's six exercises; later ones, such as
+07_team, only when named) in a fresh kernel each, writes the executed copies
 to .workbook/ (git-ignored), starts no new notebook after one fails, and prints a summary
 and where to look. The config the notebooks use is $MLOPS_CONFIG (default
 configs/config.yaml).
@@ -38,10 +39,20 @@ AFTER = {
 }
 
 
+COURSE = 6  # the course's exercises are 01 to 06; 07_team and later go further, and run when named
+
+
 def exercise_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
-    "The exercise notebooks (NN_*.ipynb with NN >= 01) in `folder`, in order; `only` filters by name prefix."
+    "The course's exercise notebooks (01_*.ipynb to 06_*.ipynb) in `folder`, in order; `only`: any NN_*.ipynb by name prefix."
     nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("00"))
-    return [p for p in nbs if not only or any(p.name.startswith(o) for o in only)]
+    if only:
+        return [p for p in nbs if any(p.name.startswith(o) for o in only)]
+    return [p for p in nbs if int(p.name[:2]) <= COURSE]
+
+
+def going_further(folder: Path) -> list[Path]:
+    "The notebooks after the course's six (07_team, ...), which `make workbook` does not run."
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if int(p.name[:2]) > COURSE)
 
 
 def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, str]:
@@ -198,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summarize(server.uri)) or "  (nothing yet)")
     print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   ({stop_hint(server.uri)})")
     print("Work through the notebooks yourself: make lab")
+    if not args.only:
+        for nb in going_further(args.nbs):
+            print(f"Going further: {nb.name}, not run here: it starts servers of its own (make lab opens your copy)")
     return 0
 
 
