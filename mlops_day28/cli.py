@@ -8,100 +8,33 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from .errors import InputError, MlopsError, failing_as, report
+from mlops_day28.cli_layer import (
+    MODEL_HELP,
+    SETTINGS,
+    ConfigOpt,
+    DefaultConfigOpt,
+    NoProgressOpt,
+    PortOpt,
+    RootOpt,
+    SetOpt,
+    command,
+    load_cli_config,
+    needs_server,
+    run,
+)
+
+from .errors import InputError, failing_as, report
 
 # %% auto #0
-__all__ = ["run", "command", "mlflow", "check_config", "train", "sweep", "evaluate", "deploy", "serve"]
-
-
-# %% ../nbs/00g_cli.ipynb #c1100007
-def run(
-    app: typer.Typer,
-    argv: list[str] | None,  # the arguments (default: the command line)
-    prog: str,  # the command's name, for messages
-) -> int:
-    "Run `app` on `argv`; the exit code, with every error printed as one line."
-    from mlops_day28.lifecycle import bound_mlflow_waits, terminate_as_interrupt
-
-    bound_mlflow_waits()  # a tracking server that is gone is named in seconds, not minutes (see 00h_lifecycle)
-    stopped: dict = {}
-    try:
-        with terminate_as_interrupt(stopped):  # SIGTERM unwinds like Ctrl-C: every run on the way out ends KILLED
-            code = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
-    except typer.TyperException as e:  # a bad argument: Typer (click) found it before anything ran
-        report(f"{e.format_message()} (see {prog} --help)")
-        return e.exit_code
-    except MlopsError as e:
-        report(e)
-        code = e.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        code = 130
-    except Exception as e:
-        if os.environ.get("MLOPS_DEBUG"):
-            raise
-        report(f"{prog}: unexpected {type(e).__name__}: {e} (MLOPS_DEBUG=1 shows the traceback)")
-        return 1
-    if stopped or code == 130:  # Typer turns an interrupt into 130; after SIGTERM a shell expects 143 (128 + 15)
-        report(f"{'terminated (SIGTERM)' if stopped else 'interrupted'}; a run that was open is marked KILLED")
-        return 143 if stopped else 130
-    return code if isinstance(code, int) else 0
-
-
-_SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-def command(prog: str) -> Callable:
-    "Make the decorated function the console script `prog`: `main(argv=None) -> exit code`."
-
-    def make(fn: Callable) -> Callable[[list[str] | None], int]:
-        app = typer.Typer(**_SETTINGS)
-        app.command(name=prog, help=fn.__doc__)(fn)
-
-        def main(argv: list[str] | None = None) -> int:
-            return run(app, argv, prog)
-
-        main.__name__, main.__doc__, main.app = fn.__name__, f"`{prog}`: {fn.__doc__}", app
-        return main
-
-    return make
-
-
-# %% ../nbs/00g_cli.ipynb #c110000a
-_ConfigOpt = Annotated[Path, typer.Option(help="YAML config, e.g. configs/config.yaml", show_default=False)]
-_DefaultConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/config.yaml)")]
-_SET_HELP = "override one config value, e.g. training.learning_rate=0.01 (repeatable)"
-_SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=_SET_HELP)]
-_MODEL_HELP = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder"
-_NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="no progress bar")]
-_PortOpt = Annotated[
-    int | None,
-    typer.Option(min=1, max=65535, help="default: $MLFLOW_PORT, else 5000 (--team: $MLFLOW_TEAM_PORT, else 5001)"),
-]
-_RootOpt = Annotated[Path | None, typer.Option(help="the folder whose .mlflow/ holds the server's state")]
-
-
-def _load(config: Path | None, overrides: list[str] | None = None, conflicts: bool = False):
-    "The config (default: configs/config.yaml); a `ConfigError` (exit 2) if it is bad, or, to train, conflicts with its data."
-    from mlops_day28.config import find_project_root, load_config
-    from mlops_day28.conflicts import refuse_conflicts
-
-    cfg = load_config(config or find_project_root() / "configs" / "config.yaml", overrides or [])
-    return refuse_conflicts(cfg, config) if conflicts else cfg  # one line per conflict (00aa_conflicts)
-
-
-def _needs_server(*uris: str | None) -> bool:
-    "Whether any model URI is read through a tracking server (the registry or a run)."
-    return any(u and u.startswith(("models:/", "runs:/")) for u in uris)
-
+__all__ = ["mlflow", "check_config", "train", "sweep", "evaluate", "deploy", "serve"]
 
 # %% ../nbs/00g_cli.ipynb #c110000c
-_mlflow_app = typer.Typer(help="The workbook's local MLflow tracking server, or the team server (--team).", **_SETTINGS)
+_mlflow_app = typer.Typer(help="The workbook's local MLflow tracking server, or the team server (--team).", **SETTINGS)
 
 
 _TeamOpt = Annotated[
@@ -118,7 +51,7 @@ _HostOpt = Annotated[
 
 
 @_mlflow_app.command("start")
-def _start(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False, host: _HostOpt = None) -> None:
+def _start(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False, host: _HostOpt = None) -> None:
     "Start the local MLflow server (or find it running); --team: the team server on PostgreSQL."
     from mlops_day28.lifecycle import tidy_runs
     from mlops_day28.tracking_server import start_tracking_server
@@ -143,7 +76,7 @@ def _start(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False,
 
 
 @_mlflow_app.command("stop")
-def _stop(root: _RootOpt = None, team: _TeamOpt = False) -> None:
+def _stop(root: RootOpt = None, team: _TeamOpt = False) -> None:
     "Stop this project's server: every process of it, found by record, process group, port and database."
     if team:
         from mlops_day28.team_server import stop_team_server
@@ -156,7 +89,7 @@ def _stop(root: _RootOpt = None, team: _TeamOpt = False) -> None:
 
 
 @_mlflow_app.command("status")
-def _status(port: _PortOpt = None, root: _RootOpt = None, team: _TeamOpt = False) -> int:
+def _status(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False) -> int:
     "Say whether an MLflow server answers, and which of this project's processes serve it; exit 1 if none answers."
     from mlops_day28.tracking_server import server_status
 
@@ -188,7 +121,9 @@ def check_config(
     status = 0
     for p in paths:
         try:
-            cfg = _load(p, conflicts=True)  # the schema, then the data, num_classes, pretrained: a line for each
+            cfg = load_cli_config(
+                p, conflicts=True
+            )  # the schema, then the data, num_classes, pretrained: a line for each
         except ConfigError as e:
             report(e)
             status = 2
@@ -203,10 +138,10 @@ def check_config(
 # %% ../nbs/00g_cli.ipynb #c1100010
 @command("mlops-train")
 def train(
-    config: _ConfigOpt,
-    overrides: _SetOpt = None,
+    config: ConfigOpt,
+    overrides: SetOpt = None,
     run_name: Annotated[str | None, typer.Option(help="MLflow run name (default: tracking.run_name)")] = None,
-    no_progress: _NoProgressOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     "Train, track, register and gate a model from a YAML config."
     from mlops_day28.coordination import ui_url
@@ -214,7 +149,9 @@ def train(
     from mlops_day28.tracking_server import setup_mlflow
     from mlops_day28.training import prepare_training
 
-    cfg = _load(config, overrides, conflicts=True)  # num_classes against the data, pretrained resnet18: refused
+    cfg = load_cli_config(
+        config, overrides, conflicts=True
+    )  # num_classes against the data, pretrained resnet18: refused
     job = prepare_training(cfg)  # the data and the model: bad ones stop here, before any server or run
     server = setup_mlflow(root=cfg.root)
     with failing_as("training", "the MLflow run, if one was started, is marked FAILED"):
@@ -225,14 +162,14 @@ def train(
 # %% ../nbs/00g_cli.ipynb #c1100012
 @command("mlops-sweep")
 def sweep(
-    config: _ConfigOpt,
+    config: ConfigOpt,
     strategy: Annotated[Literal["grid", "tpe"] | None, typer.Option(help="default: sweep.strategy")] = None,
     n_jobs: Annotated[int | None, typer.Option(min=1, help="worker processes (default: sweep.n_jobs)")] = None,
     n_trials: Annotated[
         int | None, typer.Option(min=1, help="TPE budget (default: sweep.n_trials, or the grid's size)")
     ] = None,
-    overrides: _SetOpt = None,
-    no_progress: _NoProgressOpt = False,
+    overrides: SetOpt = None,
+    no_progress: NoProgressOpt = False,
     worker: Annotated[
         bool, typer.Option("--worker", help="join the sweep of this name as one more worker, from any machine")
     ] = False,
@@ -245,7 +182,7 @@ def sweep(
     from mlops_day28.tracking_server import setup_mlflow
 
     extra = [*([f"sweep.strategy={strategy}"] if strategy else []), *([f"sweep.storage={storage}"] if storage else [])]
-    cfg = _load(config, [*(overrides or []), *extra], conflicts=True)
+    cfg = load_cli_config(config, [*(overrides or []), *extra], conflicts=True)
     load_dataset(cfg)  # missing or bad data stops here, before any run
     setup_mlflow(root=cfg.root)
     if worker:
@@ -277,7 +214,7 @@ def sweep(
 # %% ../nbs/00g_cli.ipynb #c1100014
 @command("mlops-evaluate")
 def evaluate(
-    model: Annotated[str, typer.Option(help=_MODEL_HELP, show_default=False)],
+    model: Annotated[str, typer.Option(help=MODEL_HELP, show_default=False)],
     threshold: Annotated[
         float | None, typer.Option(min=0, max=1, help="minimum accuracy (default: model_tests.min_accuracy)")
     ] = None,
@@ -288,7 +225,7 @@ def evaluate(
         float | None,
         typer.Option(min=0, max=1, help="how much worse is allowed (default: model_tests.baseline_margin)"),
     ] = None,
-    config: _DefaultConfigOpt = None,
+    config: DefaultConfigOpt = None,
     output: Annotated[Path, typer.Option(help="where to write the metrics")] = Path("metrics.json"),
     markdown: Annotated[Path | None, typer.Option(help="also write the Markdown table here (a CI job summary)")] = None,
 ) -> int:
@@ -297,9 +234,9 @@ def evaluate(
     from mlops_day28.evaluate import evaluate_uri
     from mlops_day28.tracking_server import setup_mlflow
 
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     load_dataset(cfg)  # missing or bad data stops here, before the server is asked
-    if _needs_server(model, baseline):
+    if needs_server(model, baseline):
         setup_mlflow(root=cfg.root)
     result = evaluate_uri(model, cfg, threshold, baseline, margin)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -318,7 +255,7 @@ def evaluate(
 @command("mlops-deploy")
 def deploy(
     model: Annotated[Path, typer.Option(help="an MLflow model folder (what CI exported)", show_default=False)],
-    config: _DefaultConfigOpt = None,
+    config: DefaultConfigOpt = None,
 ) -> None:
     "Register a model folder at $DEPLOY_MLFLOW_TRACKING_URI as challenger and gate it; a notice when unset."
     uri = os.environ.get("DEPLOY_MLFLOW_TRACKING_URI", "").strip()
@@ -330,7 +267,7 @@ def deploy(
         return
     from mlops_day28.deploy import deploy_model
 
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     with failing_as("deploy", "the registry is as the gate left it"):
         print(deploy_model(model, cfg, uri))
 
@@ -338,9 +275,9 @@ def deploy(
 # %% ../nbs/00g_cli.ipynb #c1100018
 @command("mlops-serve")
 def serve(
-    config: _DefaultConfigOpt = None,
+    config: DefaultConfigOpt = None,
     model: Annotated[
-        str | None, typer.Option(help=f"{_MODEL_HELP} (default: serving.model_uri, else @champion)")
+        str | None, typer.Option(help=f"{MODEL_HELP} (default: serving.model_uri, else @champion)")
     ] = None,
     host: Annotated[str | None, typer.Option(help="default: serving.host (127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="default: serving.port (8000)")] = None,
@@ -350,14 +287,14 @@ def serve(
             min=1, max=64, help="server processes; metrics and feedback are shared (default: serving.workers, 1)"
         ),
     ] = None,
-    overrides: _SetOpt = None,
+    overrides: SetOpt = None,
 ) -> None:
     "Serve a model (the registry's champion by default) with Prometheus metrics; a model named by alias is followed."
     from mlops_day28.serving import serve_model
     from mlops_day28.tracking_server import setup_mlflow
 
-    cfg = _load(config, overrides)
+    cfg = load_cli_config(config, overrides)
     uri = model or cfg.serving.model_uri or f"models:/{cfg.registry.model_name}@champion"
-    if _needs_server(uri):
+    if needs_server(uri):
         setup_mlflow(root=cfg.root)
     serve_model(uri, cfg, host or cfg.serving.host, port or cfg.serving.port, workers)

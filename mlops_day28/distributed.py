@@ -10,15 +10,13 @@ import warnings
 
 import optuna
 from mlflow import MlflowClient
-from mlflow.entities import Param
 from optuna.trial import TrialState
 
 from .config import Config
 from .coordination import ensure_experiment, server_lock
-from .sweep import SweepError, SweepResult, _config_digest, find_sweep, finish_sweep
+from .sweep import SweepError, SweepResult, _config_digest, find_sweep, finish_sweep, new_parent_run
 from .tpe import storage_url, suggest_values
-from .tracking import git_tags
-from .trials import grid_points, grid_summary, run_trial, trial_run_name
+from .trials import grid_points, run_trial, trial_run_name
 
 # %% auto #0
 __all__ = ["shared_storage", "join_sweep", "sweep_worker"]
@@ -81,21 +79,8 @@ def join_sweep(cfg: Config) -> tuple[str, str, optuna.Study]:
                     f"sweep {name!r} exists in {cfg.experiment_name!r} as {'a sweep of one machine' if tags.get('sweep.distributed') != 'true' else 'another config'}; "
                     f"a worker joins only a distributed sweep of the same config: set another sweep.name (e.g. --set sweep.name={name}_team)"
                 )
-        else:
-            parent_id = client.create_run(
-                exp_id,
-                run_name=name,
-                tags={
-                    **git_tags(cfg.root),
-                    "sweep.name": name,
-                    "sweep.role": "parent",
-                    "sweep.strategy": strategy,
-                    "sweep.config_digest": _config_digest(cfg),
-                    "sweep.distributed": "true",  # no owner: it ends when its last trial does
-                },
-            ).info.run_id
-            client.log_batch(parent_id, params=[Param(k, v) for k, v in grid_summary(cfg.sweep.grid, strategy).items()])
-            client.log_dict(parent_id, cfg.sweep.grid, "sweep_grid.json")
+        else:  # no owner: it ends when its last trial does
+            parent_id = new_parent_run(cfg, exp_id, strategy, {"sweep.distributed": "true"})
         study = optuna.create_study(
             study_name=study_name,
             storage=shared_storage(storage_url(cfg), cfg.sweep.worker_grace),

@@ -17,21 +17,12 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mlops_day28.payloads import (
-    INVALID_REASONS,
     BadRequest,
     FeedbackResponse,
     PredictResponse,
@@ -50,105 +41,10 @@ from .drift import PixelDrift
 from .feedback_store import FeedbackStore
 from .reload import AliasFollower, followed_alias, incompatibility
 from .served_model import ServedModel, load_served_model
+from .service_metrics import LATENCY_BUCKETS, ServiceMetrics, multiprocess_metrics
 
 # %% auto #0
-__all__ = ["LATENCY_BUCKETS", "multiprocess_metrics", "ServiceMetrics", "create_app", "serve_model", "worker_app"]
-
-# %% ../nbs/06_monitoring.ipynb #8be21565
-LATENCY_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003)
-LATENCY_BUCKETS += (
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)  # up to the alert's 50 ms budget, and far beyond
-
-
-def multiprocess_metrics() -> bool:
-    "Whether this process keeps its metrics in prometheus_client's multiprocess files (mlops-serve --workers N)."
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
-class ServiceMetrics:
-    "The service's Prometheus metrics, in a registry of their own (summed over processes with `--workers N`)."
-
-    def __init__(self, class_names: list[str]):
-        self.registry = r = CollectorRegistry()
-        self.predictions = Counter("model_predictions", "Images classified.", registry=r)
-        self.latency = Histogram(
-            "model_prediction_latency_seconds",
-            "Time in the model per /predict request.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.classes = Counter(
-            "model_class_predictions", "Predictions by predicted class.", ["predicted_class"], registry=r
-        )
-        self.accuracy = Gauge(
-            "model_accuracy",
-            "Accuracy over the last feedback labels, from every process (NaN before any).",
-            registry=r,
-            multiprocess_mode="mostrecent",
-        )
-        self.window = Gauge(
-            "model_accuracy_window_size",
-            "Feedback labels in the accuracy window.",
-            registry=r,
-            multiprocess_mode="mostrecent",
-        )
-        self.feedback = Counter("model_feedback", "Feedback labels received.", ["correct"], registry=r)
-        self.drift = Gauge(
-            "model_input_drift_psi",
-            "Population stability index of input pixels vs the training data (the last worker to answer).",
-            registry=r,
-            multiprocess_mode="mostrecent",
-        )
-        self.invalid = Counter("model_invalid_requests", "Rejected requests, by reason.", ["reason"], registry=r)
-        self.info = Gauge(
-            "model_info",
-            "The model being served: 1 for its version, 0 for versions served before.",
-            ["name", "version", "uri"],
-            registry=r,
-            multiprocess_mode="livemostrecent",
-        )
-        self.reloads = Counter(
-            "model_reloads", "Versions the alias named, loaded or failed to load.", ["result"], registry=r
-        )
-        self.registry_reachable = Gauge(
-            "model_registry_reachable",
-            "1 while the registry answers the alias checks, 0 while it does not.",
-            registry=r,
-            multiprocess_mode="mostrecent",
-        )
-        self.accuracy.set(float("nan"))
-        for c in class_names:
-            self.classes.labels(predicted_class=c)  # every class present from the start, at 0
-        for reason in INVALID_REASONS:
-            self.invalid.labels(reason=reason)
-        for correct in ("true", "false"):
-            self.feedback.labels(correct=correct)
-        for result in ("loaded", "failed"):
-            self.reloads.labels(result=result)
-
-    def serving(self, model: ServedModel, before: ServedModel | None = None) -> None:
-        "Record that `model` serves now, in place of `before`."
-        if before is not None:
-            self.info.labels(name=before.name, version=before.version, uri=before.uri).set(0)
-        self.info.labels(name=model.name, version=model.version, uri=model.uri).set(1)
-
-    def exposition(self) -> bytes:
-        "The text format of these metrics: this process's, or every worker's summed in multiprocess mode."
-        if not multiprocess_metrics():
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+__all__ = ["create_app", "serve_model", "worker_app"]
 
 
 # %% ../nbs/06_monitoring.ipynb #7d05db81

@@ -46,6 +46,7 @@ __all__ = [
     "SweepError",
     "find_sweep",
     "start_sweep",
+    "new_parent_run",
     "results_table",
     "mark_best",
     "run_trials",
@@ -106,22 +107,19 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
             client.update_run(parent_id, status="RUNNING")
             abandon_dead_trials(sweep_children(parent_id), client)
             return parent_id, exp_id, True
-        run = client.create_run(
-            exp_id,
-            run_name=name,
-            tags={
-                **git_tags(cfg.root),
-                **owner_tags(),
-                "sweep.name": name,
-                "sweep.role": "parent",
-                "sweep.strategy": strategy,
-                "sweep.config_digest": digest,
-            },
-        )
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in grid_summary(cfg.sweep.grid, strategy).items()])
-    client.log_dict(run.info.run_id, cfg.sweep.grid, "sweep_grid.json")
-    client.log_dict(run.info.run_id, cfg.model_dump(), "base_config.yaml")
-    return run.info.run_id, exp_id, False
+        return new_parent_run(cfg, exp_id, strategy, owner_tags()), exp_id, False
+
+
+def new_parent_run(cfg: Config, experiment_id: str, strategy: str, tags: dict[str, str]) -> str:
+    "Create a sweep's parent run with `tags` added: it names what was swept (params), the grid and the base config."
+    client, name = MlflowClient(), cfg.sweep.name
+    tags = {**git_tags(cfg.root), **tags, "sweep.name": name, "sweep.role": "parent", "sweep.strategy": strategy}
+    tags["sweep.config_digest"] = _config_digest(cfg)  # a resumed sweep or a joining worker must have the same
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in grid_summary(cfg.sweep.grid, strategy).items()])
+    client.log_dict(run_id, cfg.sweep.grid, "sweep_grid.json")
+    client.log_dict(run_id, cfg.model_dump(), "base_config.yaml")
+    return run_id
 
 
 # %% ../nbs/04_sweep.ipynb #d2430210

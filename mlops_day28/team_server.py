@@ -8,12 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import re
-import secrets
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,18 +18,15 @@ import psutil
 
 from .config import find_project_root
 from .errors import InputError
-from .processes import HOST, ProcessError, free_port, port_is_open, start_process, stop_process, wait_until
+from .postgres import init_cluster, start_postgres, stop_postgres
+from .processes import HOST, ProcessError, port_is_open, start_process, stop_process
 from .tracking_server import TrackingServerError, mlflow_version_at
 
 # %% auto #0
 __all__ = [
     "TEAM_PORT",
-    "DATABASES",
-    "NETWORK_HBA",
     "team_dir",
     "team_port",
-    "postgres_program",
-    "postgres_user",
     "TeamServer",
     "recorded_team_server",
     "start_team_server",
@@ -43,7 +36,6 @@ __all__ = [
 
 # %% ../nbs/00db_team_server.ipynb #ts000002
 TEAM_PORT = 5001  # the team server's MLflow port unless $MLFLOW_TEAM_PORT says otherwise
-DATABASES = ("mlflow", "optuna")  # the tracking server's store; sweeps' shared studies
 
 
 def team_dir(root: str | Path | None = None) -> Path:
@@ -57,30 +49,6 @@ def team_port() -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise InputError(f"MLFLOW_TEAM_PORT={raw!r} is not a port number (1-65535); use e.g. MLFLOW_TEAM_PORT=5002")
     return int(raw)
-
-
-def postgres_program(name: str) -> Path | None:
-    "Debian's PostgreSQL program `name` (`initdb`, `postgres`), newest version first; None if not installed."
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: (len(p.parent.name), p.parent.name))
-    for folder in reversed(versions):
-        if (folder / name).is_file():
-            return folder / name
-    found = shutil.which(name)
-    return Path(found) if found else None
-
-
-def postgres_user() -> dict:
-    "`subprocess.Popen` arguments that run PostgreSQL as `postgres` when we are root (it refuses root); {} otherwise."
-    if os.geteuid() != 0:
-        return {}
-    try:
-        pw = pwd.getpwnam("postgres")
-    except KeyError:
-        raise TrackingServerError(
-            "PostgreSQL refuses to run as root, and there is no `postgres` user to run it as: "
-            "install Debian's postgresql package (it creates that user), or run as an ordinary user"
-        ) from None
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
 # %% ../nbs/00db_team_server.ipynb #ts000005
@@ -118,123 +86,6 @@ def _alive(pid: int | None, program: str) -> bool:
     return False
 
 
-# %% ../nbs/00db_team_server.ipynb #ts000007
-def _connect(port: int, dbname: str = "postgres", timeout: int = 2):
-    import psycopg
-
-    return psycopg.connect(host=HOST, port=port, user="mlflow", dbname=dbname, connect_timeout=timeout, autocommit=True)
-
-
-def _answers(port: int) -> bool:
-    try:
-        _connect(port).close()
-    except Exception:
-        return False
-    return True
-
-
-def _check_reachable(pg: Path) -> None:
-    "Refuse, saying why, when the user PostgreSQL runs as cannot write to `pg` (a folder above it closed to others)."
-    as_user = postgres_user()
-    if as_user and subprocess.run(["test", "-w", str(pg)], **as_user).returncode != 0:
-        raise TrackingServerError(
-            f"PostgreSQL runs as the postgres user (it refuses root), which cannot reach {pg}: "
-            "a folder above it is closed to other users; open it (chmod o+x) or keep the project elsewhere"
-        )
-
-
-def _init_cluster(pg: Path, log: Path) -> None:
-    "Make a PostgreSQL cluster in `pg` (once), owned by whoever will run it; superuser `mlflow`, trust on loopback."
-    if (pg / "PG_VERSION").exists():
-        return _check_reachable(pg)
-    initdb = postgres_program("initdb")
-    if initdb is None:
-        raise TrackingServerError(
-            "PostgreSQL is not installed (no initdb): apt-get install postgresql, "
-            "or name a database of your own with MLFLOW_BACKEND_STORE_URI=postgresql://..."
-        )
-    pg.mkdir(parents=True, exist_ok=True)
-    as_user = postgres_user()
-    if as_user:
-        os.chown(pg, as_user["user"], as_user["group"])
-    pg.chmod(0o700)
-    _check_reachable(pg)
-    cmd = [str(initdb), "-D", str(pg), "-U", "mlflow", "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"]
-    with open(log, "ab") as out:
-        done = subprocess.run(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120, **as_user
-        )
-    if done.returncode != 0:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        shutil.rmtree(pg, ignore_errors=True)  # half a cluster would stop the next try
-        raise TrackingServerError(f"initdb failed (exit {done.returncode}): {tail}; the whole log: {log}")
-
-
-def _pg_port(state: Path) -> int:
-    "The port PostgreSQL had last time (kept in `.team/pg_port`, so storage URLs stay the same), if free; else a free one."
-    with contextlib.suppress(OSError, ValueError):
-        last = int((state / "pg_port").read_text())
-        if not port_is_open(last):
-            return last
-    port = free_port()
-    (state / "pg_port").write_text(str(port))
-    return port
-
-
-NETWORK_HBA = "host all mlflow samenet scram-sha-256  # mlops_day28: the team's network, with a password\n"
-
-
-def _open_to_network(pg: Path, port: int) -> str:
-    "Let the team's network in (password required, `.team/pg_password`); the password."
-    secret = pg.parent / "pg_password"
-    if not secret.exists():
-        secret.touch(mode=0o600)
-        secret.write_text(secrets.token_urlsafe(18))
-    password = secret.read_text().strip()
-    from psycopg import sql
-
-    with _connect(port) as c:
-        c.execute(sql.SQL("ALTER ROLE mlflow PASSWORD {}").format(password))
-    return password
-
-
-def _start_postgres(pg: Path, log: Path, timeout: float, host: str = HOST) -> tuple[int, int, str | None]:
-    "Start `postgres` on `pg` (the last port when free); (port, pid, the network's password or None) once it answers."
-    port = _pg_port(pg.parent)
-    hba = pg / "pg_hba.conf"
-    if host != HOST and NETWORK_HBA not in hba.read_text():
-        with open(hba, "a") as f:  # loopback stays trusted; the team's network needs the password
-            f.write(NETWORK_HBA)
-    cmd = [str(postgres_program("postgres")), "-D", str(pg), "-p", str(port)]
-    cmd += ["-c", f"listen_addresses={HOST}" + (f",{host}" if host != HOST else ""), "-c", "unix_socket_directories="]
-    proc = start_process(
-        cmd, "postgres", f"postgresql://{HOST}:{port}", lambda: _answers(port), timeout, log, **postgres_user()
-    )
-    with _connect(port) as c, c.cursor() as cur:
-        for db in DATABASES:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{db}"')
-    return port, proc.popen.pid, (_open_to_network(pg, port) if host != HOST else None)
-
-
-def _stop_postgres(pid: int, timeout: float = 30) -> None:
-    "A fast shutdown (SIGINT: sessions ended, the cluster closed cleanly); SIGKILL if it has not ended in `timeout`."
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-    try:
-        wait_until(
-            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-            timeout,
-            "PostgreSQL's shutdown",
-            interval=0.2,
-        )
-    except ProcessError:
-        stop_process(pid, timeout=1)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it when it was our child
-
-
 # %% ../nbs/00db_team_server.ipynb #ts000009
 def start_team_server(
     root: str | Path | None = None,  # the project whose .team/ holds the state (default: this one)
@@ -258,12 +109,12 @@ def start_team_server(
             f"port {port} on {host} is in use by {what}; pick another: MLFLOW_TEAM_PORT={port + 1}"
         )
     if rec and _alive(rec.pg_pid, "postgres"):  # the MLflow server died and left its database running
-        _stop_postgres(rec.pg_pid)
+        stop_postgres(rec.pg_pid)
     (state / "artifacts").mkdir(parents=True, exist_ok=True)
     backend, optuna, pg_port, pg_pid, started = os.environ.get("MLFLOW_BACKEND_STORE_URI"), None, None, None, []
     if not backend:
-        _init_cluster(state / "pg", state / "postgres.log")
-        pg_port, pg_pid, password = _start_postgres(state / "pg", state / "postgres.log", timeout, host)
+        init_cluster(state / "pg", state / "postgres.log")
+        pg_port, pg_pid, password = start_postgres(state / "pg", state / "postgres.log", timeout, host)
         backend = f"postgresql://mlflow@{HOST}:{pg_port}/mlflow"
         who = f"mlflow:{password}@{host}" if password else f"mlflow@{HOST}"  # other machines need the password
         optuna, started = f"postgresql://{who}:{pg_port}/optuna", ["postgres"]
@@ -284,7 +135,7 @@ def start_team_server(
         )
     except ProcessError as e:
         if pg_pid:
-            _stop_postgres(pg_pid)
+            stop_postgres(pg_pid)
         raise TrackingServerError(f"the team's MLflow server did not start: {e}") from None
     shown = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", backend)  # never a password in the record or a message
     server = TeamServer(
@@ -305,7 +156,7 @@ def stop_team_server(root: str | Path | None = None) -> str | bool:
         stop_process(rec.mlflow_pid)  # with its workers and process group
         stopped.append(f"MLflow (pid {rec.mlflow_pid})")
     if _alive(rec.pg_pid, "postgres"):
-        _stop_postgres(rec.pg_pid)
+        stop_postgres(rec.pg_pid)
         stopped.append(f"PostgreSQL (pid {rec.pg_pid})")
     record.unlink(missing_ok=True)
     return f"stopped the team server: {', '.join(stopped)}" if stopped else False

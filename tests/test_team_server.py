@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mlops_day28.postgres import postgres_program
 from mlops_day28.processes import free_port
-from mlops_day28.team_server import postgres_program, start_team_server, stop_team_server, team_status
+from mlops_day28.team_server import start_team_server, stop_team_server, team_status
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
