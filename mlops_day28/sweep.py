@@ -63,8 +63,9 @@ class SweepError(InputError):
 
 
 def _config_digest(cfg: Config) -> str:
-    "What must not change between a sweep and its resumption (not the number of workers)."
-    flat = {k: v for k, v in flatten_config(cfg).items() if k not in ("sweep.n_jobs", "sweep.storage")}
+    "What must not change between a sweep and its resumption: not how it is run (workers, storage, grace)."
+    how = ("sweep.n_jobs", "sweep.storage", "sweep.worker_grace")
+    flat = {k: v for k, v in flatten_config(cfg).items() if k not in how}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -204,6 +204,13 @@ def test_tpe_workers_joining_with_worker_run_the_budget_exactly(tracking_uri):
     assert {t.user_attrs["mlflow_run_id"] for t in ran} == {c.info.run_id for c in children}
 
 
+def test_how_a_sweep_is_run_is_not_part_of_the_config_it_resumes_with():
+    "Workers, storage and heartbeat grace may differ between runs of one sweep (or between its workers); values may not."
+    base = sweep._config_digest(small("same"))
+    assert sweep._config_digest(small("same", n_jobs=1, worker_grace=3, storage="sqlite:///elsewhere.db")) == base
+    assert sweep._config_digest(small("same", epochs=3)) != base
+
+
 def test_storage_path_is_resolved_in_the_project(tmp_path):
     cfg = load_config(TINY)
     assert cfg.sweep.storage == "sqlite:///.mlflow/optuna.db"
