@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     print("Work through the notebooks yourself: make lab")
     if not args.only:
         for nb in going_further(args.nbs):
-            print(f"Going further: {nb.name}, not run here: it starts servers of its own (make lab opens your copy)")
+            print(
+                f"Going further: {nb.name}, not run here: a team server and sweep workers of its own (make lab opens your copy)"
+            )
     return 0
 
 
