@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,10 +33,7 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
-
-from mlops_day28.processes import free_port
-from mlops_day28.team_server import start_team_server, stop_team_server
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from team_project import team_and_local
 
 TROUBLE = ("database is locked", "Retrying", "retry", "OperationalError", "deadlock", "already exists")
 
@@ -100,17 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
-    project = Path(tempfile.mkdtemp(prefix="bench-team-"))
-    project.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach .team/pg
-    (project / "pyproject.toml").touch()
     report: dict = {"config": str(args.config), "writers": args.writers, "cpus": os.cpu_count()}
-    try:
-        t0 = time.perf_counter()
-        team = start_team_server(project, free_port())
-        report["team_first_start_s"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        local = start_tracking_server(port=free_port(), root=project)
-        report["local_start_s"] = round(time.perf_counter() - t0, 1)
+    with team_and_local("bench-team-") as (project, team, local, started):
+        report["team_first_start_s"] = round(started["team"], 1)
+        report["local_start_s"] = round(started["local"], 1)
         servers = {"local": local.uri, "team": team.uri}
         fresh = f"sqlite:///{project / 'fresh' / 'mlflow.db'}"  # no server: every writer opens the file, new
         made = f"sqlite:///{project / 'made' / 'mlflow.db'}"  # the same, its tables made first
@@ -132,10 +120,6 @@ def main(argv=None) -> int:
         report["writers_wall_ratio_team_over_local"] = round(
             report["writers_team"]["wall_s"] / report["writers_local"]["wall_s"], 2
         )
-    finally:
-        stop_team_server(project)
-        stop_tracking_server(project)
-        shutil.rmtree(project, ignore_errors=True)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +23,7 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
-
-from mlops_day28.processes import free_port
-from mlops_day28.team_server import start_team_server, stop_team_server
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from team_project import team_and_local
 
 
 def sweep(uri: str, config: Path, name: str, workers: int, storage: str | None) -> float:
@@ -59,22 +54,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
     args = ap.parse_args(argv)
-    project = Path(tempfile.mkdtemp(prefix="bench-team-sweep-"))
-    project.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach .team/pg
-    (project / "pyproject.toml").touch()
     report: dict = {"config": str(args.config), "cpus": os.cpu_count()}
-    try:
-        team = start_team_server(project, free_port())
-        local = start_tracking_server(port=free_port(), root=project)
+    with team_and_local("bench-team-sweep-") as (_project, team, local, _started):
         report["local_sqlite_1_process_s"] = round(sweep(local.uri, args.config, "bench_local", 1, None), 1)
         for n in (1, 2, 3):
             report[f"team_{n}_workers_s"] = round(sweep(team.uri, args.config, f"bench_team_{n}", n, team.optuna), 1)
         base = report["local_sqlite_1_process_s"]
         report["ratios_over_local"] = {n: round(report[f"team_{n}_workers_s"] / base, 2) for n in (1, 2, 3)}
-    finally:
-        stop_team_server(project)
-        stop_tracking_server(project)
-        shutil.rmtree(project, ignore_errors=True)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -53,11 +53,14 @@ def kill_mid_trial(
             if name is None or workers[name].poll() is not None:
                 continue  # the parent run, or a worker that is not ours
             os.kill(workers[name].pid, signal.SIGSTOP)
-            if client.get_run(run.info.run_id).info.status == "RUNNING":
-                workers[name].kill()  # SIGKILL: frozen, it dies mid-trial
-                workers[name].wait()
-                return name, run
-            os.kill(workers[name].pid, signal.SIGCONT)  # its trial ended as we looked: let it go on
+            try:
+                if client.get_run(run.info.run_id).info.status == "RUNNING":
+                    workers[name].kill()  # SIGKILL: frozen, it dies mid-trial
+                    workers[name].wait()
+                    return name, run
+            finally:
+                if workers[name].poll() is None:  # its trial ended as we looked (or the look failed): let it go on
+                    os.kill(workers[name].pid, signal.SIGCONT)
         time.sleep(every)
     raise TimeoutError(f"no worker of {sweep_name!r} was seen in a trial within {timeout:g} s")
 

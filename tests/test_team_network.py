@@ -47,48 +47,56 @@ def machines():
     assert not any(ns in left for ns in m.ns.values()), left  # every namespace is gone
 
 
-def test_a_worker_on_another_machine_trains_against_the_team_server(machines):
+MLFLOW = [str(BIN / "mlops-mlflow")]
+PORT = "5001"
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def against(uri: str, *command) -> list[str]:
+    "`command` run with the tracking server at `uri` (through `env`: a machine's command line is a list of strings)."
+    return ["env", f"MLFLOW_TRACKING_URI={uri}", *map(str, command)]
+
+
+@pytest.fixture
+def team(machines):
+    "The team server in the `server` machine, in a project folder of its own: (project, its URI, the start's output)."
     project = Path(tempfile.mkdtemp(prefix="team-net-"))
     project.chmod(0o755)  # PostgreSQL runs as `postgres`, which must reach .team/pg
     (project / "pyproject.toml").touch()
-    address, port = machines.address["server"], "5001"
-    uri = f"http://{address}:{port}"
-    mlflow_cmd = [str(BIN / "mlops-mlflow")]
+    address = machines.address["server"]
     try:
         start = machines.run(
-            "server", [*mlflow_cmd, "start", "--team", "--root", str(project), "--host", address, "--port", port]
+            "server", [*MLFLOW, "start", "--team", "--root", str(project), "--host", address, "--port", PORT]
         )
         assert start.returncode == 0, start.stdout + start.stderr
-        assert start.stdout.startswith(f"started: team MLflow server at {uri}")
-        assert mlflow_version_at(uri) is None  # from the test's own machine, nothing answers there
-
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        train = [
-            "env",
-            f"MLFLOW_TRACKING_URI={uri}",
-            str(BIN / "mlops-train"),
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--no-progress",
-            "--set",
-            "tracking.run_name=from-worker1",
-        ]
-        trained = machines.run("worker1", train, hostname="worker1", env=env, cwd=str(project))
-        assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
-        assert "Registered digits-classifier v1" in trained.stdout
-
-        ask = (
-            "import mlflow; c = mlflow.MlflowClient(); "
-            "r = c.search_runs([e.experiment_id for e in c.search_experiments()], \"attributes.run_name = 'from-worker1'\")[0]; "
-            "print(r.info.status, r.data.tags['mlops.host'], c.get_model_version_by_alias('digits-classifier', 'champion').version)"
-        )
-        seen = machines.run("server", ["env", f"MLFLOW_TRACKING_URI={uri}", sys.executable, "-c", ask], env=env)
-        assert seen.stdout.split() == ["FINISHED", "worker1", "1"], seen.stdout + seen.stderr
+        yield project, f"http://{address}:{PORT}", start.stdout
     finally:
-        stop = machines.run("server", [*mlflow_cmd, "stop", "--team", "--root", str(project)])
+        stop = machines.run("server", [*MLFLOW, "stop", "--team", "--root", str(project)])
         shutil.rmtree(project, ignore_errors=True)
     assert stop.stdout.startswith("stopped the team server: MLflow"), stop.stdout + stop.stderr
     assert machines.pids("server") == []  # nothing of the servers is left running in that machine
+
+
+def test_a_worker_on_another_machine_trains_against_the_team_server(machines, team):
+    project, uri, started = team
+    assert started.startswith(f"started: team MLflow server at {uri}")
+    assert mlflow_version_at(uri) is None  # from the test's own machine, nothing answers there
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    train = against(
+        uri, BIN / "mlops-train", "--config", TINY, "--no-progress", "--set", "tracking.run_name=from-worker1"
+    )
+    trained = machines.run("worker1", train, hostname="worker1", env=env, cwd=str(project))
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert "Registered digits-classifier v1" in trained.stdout
+
+    ask = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        "r = c.search_runs([e.experiment_id for e in c.search_experiments()], \"attributes.run_name = 'from-worker1'\")[0]; "
+        "print(r.info.status, r.data.tags['mlops.host'], c.get_model_version_by_alias('digits-classifier', 'champion').version)"
+    )
+    seen = machines.run("server", against(uri, sys.executable, "-c", ask), env=env)
+    assert seen.stdout.split() == ["FINISHED", "worker1", "1"], seen.stdout + seen.stderr
 
 
 POLL_RUNNING = """
@@ -120,30 +128,16 @@ print(json.dumps([{"role": r.data.tags.get("sweep.role", "child"), "status": r.i
 """
 
 
-def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_again(machines, tmp_path):
-    project = Path(tempfile.mkdtemp(prefix="team-sweep-"))
-    project.chmod(0o755)
-    (project / "pyproject.toml").touch()
-    address, port = machines.address["server"], "5001"
-    uri, name = f"http://{address}:{port}", f"team_grid_{os.getpid()}"
+def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_again(machines, team, tmp_path):
+    project, uri, started = team
+    address, name = machines.address["server"], f"team_grid_{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    mlflow_cmd = [str(BIN / "mlops-mlflow")]
     logs = contextlib.ExitStack()
     try:
-        start = machines.run(
-            "server", [*mlflow_cmd, "start", "--team", "--root", str(project), "--host", address, "--port", port]
-        )
-        assert start.returncode == 0, start.stdout + start.stderr
-        storage = start.stdout.split("sweep.storage=")[1].split()[0]
+        storage = started.split("sweep.storage=")[1].split()[0]
         assert f"@{address}:" in storage and ":" in storage.split("@")[0].removeprefix("postgresql://")  # a password
-        sweep = [
-            "env",
-            f"MLFLOW_TRACKING_URI={uri}",
-            str(BIN / "mlops-sweep"),
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-        ]
-        sweep += ["--worker", "--storage", storage, "--set", f"sweep.name={name}", "--no-progress"]
+        sweep = against(uri, BIN / "mlops-sweep", "--config", TINY, "--worker", "--storage", storage, "--no-progress")
+        sweep += ["--set", f"sweep.name={name}"]
         sweep += ["--set", "training.num_epochs=15"]  # trials of a few seconds: time to be killed in one
         workers = {}
         for w in ("worker1", "worker2", "worker3"):
@@ -151,7 +145,7 @@ def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_agai
             workers[w] = machines.start(
                 w, sweep, hostname=w, env=env, cwd=str(project), stdout=log, stderr=subprocess.STDOUT
             )
-        ask = ["env", f"MLFLOW_TRACKING_URI={uri}", sys.executable, "-c"]
+        ask = against(uri, sys.executable, "-c")
         found = machines.run("server", [*ask, POLL_RUNNING, name, "worker2"], env=env, timeout=300)
         assert found.returncode == 0, found.stdout + found.stderr
         pid, killed_run = found.stdout.split()
@@ -173,5 +167,3 @@ def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_agai
         assert [r["status"] for r in runs if r["role"] == "parent"] == ["FINISHED"]
     finally:
         logs.close()
-        machines.run("server", [*mlflow_cmd, "stop", "--team", "--root", str(project)])
-        shutil.rmtree(project, ignore_errors=True)
