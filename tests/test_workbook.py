@@ -4,6 +4,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -93,6 +94,29 @@ def test_summary_names_the_server_and_what_it_holds(tmp_path, tracking_uri, run)
     assert f"MLflow server: using {tracking_uri}" in r.stdout
     assert "experiment 'tests_workbook_runner': 1 run\n" in r.stdout
     assert f"Open the MLflow UI: {tracking_uri}" in r.stdout
+    assert "(the server at MLFLOW_TRACKING_URI is not this project's to stop)" in r.stdout  # the session's server
+
+
+URI = "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    "team, local, named, hint",
+    [
+        (URI, None, True, "stop it with: make team-stop"),  # make team, then MLFLOW_TRACKING_URI=... make workbook
+        (None, URI, False, "stop the server with: make stop"),  # started (or found) by make workbook itself
+        (None, URI, True, "stop the server with: make stop"),  # MLFLOW_TRACKING_URI names the local server
+        (None, None, False, "stop the server with: make stop"),  # found on the port, not recorded (an older record)
+        (None, "http://127.0.0.1:5002", True, "the server at MLFLOW_TRACKING_URI is not this project's to stop"),
+        (None, None, True, "the server at MLFLOW_TRACKING_URI is not this project's to stop"),
+    ],
+)
+def test_the_last_line_names_the_command_that_stops_that_server(monkeypatch, team, local, named, hint):
+    from mlops_day28 import team_server, tracking_server
+
+    monkeypatch.setattr(team_server, "recorded_team_server", lambda root: team and SimpleNamespace(uri=team))
+    monkeypatch.setattr(tracking_server, "recorded_server", lambda root: local and SimpleNamespace(uri=local))
+    assert run_workbook.stop_hint(URI, named) == hint
 
 
 def test_the_course_six_run_and_a_going_further_notebook_only_when_named(tmp_path, tracking_uri, run):

@@ -79,16 +79,17 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
     return not error, seconds, error
 
 
-def stop_hint(uri: str) -> str:
-    "How to stop the server at `uri`: the local one, the team one, or one that is not this project's."
+def stop_hint(uri: str, named: bool) -> str:
+    "How to stop the server at `uri` (`named`: the user's MLFLOW_TRACKING_URI): the team one, the local one, or not ours."
     from mlops_day28.team_server import recorded_team_server
+    from mlops_day28.tracking_server import recorded_server
 
-    team = recorded_team_server(ROOT)
+    team, local = recorded_team_server(ROOT), recorded_server(ROOT)
     if team and team.uri == uri:
         return "stop it with: make team-stop"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return "the server at MLFLOW_TRACKING_URI is not this project's to stop"
-    return "stop the server with: make stop"
+    if (local and local.uri == uri) or not named:  # started here, or found running as .mlflow/ recorded it
+        return "stop the server with: make stop"
+    return "the server at MLFLOW_TRACKING_URI is not this project's to stop"
 
 
 def ready(pending: list[Path], done: set[str], started: set[str]) -> list[Path]:
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlops_day28.errors import MlopsError, report
     from mlops_day28.tracking_server import ensure_tracking_server
 
+    named = bool(os.environ.get("MLFLOW_TRACKING_URI"))  # before it is set below, for every kernel
     try:
         server = ensure_tracking_server(ROOT)
     except MlopsError as e:  # a bad MLFLOW_PORT (2), a server that cannot start or does not answer (1)
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\nThe tracking server holds:")
     print("\n".join(summarize(server.uri)) or "  (nothing yet)")
-    print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   ({stop_hint(server.uri)})")
+    print(f"\nOpen the MLflow UI: {ui_url(server.uri)}   ({stop_hint(server.uri, named)})")
     print("Work through the notebooks yourself: make lab")
     if not args.only:
         for nb in going_further(args.nbs):
