@@ -17,6 +17,9 @@ TORCH_INDEX = $(shell $(PYTHON) tools/torch_index.py --explain)
 # The tests run in three processes on two cores: much of their time is spent waiting on servers and kernels.
 PYTEST_WORKERS ?= 3
 LINTED := mlops_day28 tests tools bench conftest.py
+# JupyterLab settings for `make lab` (tools/jupyter_config): nbgrader's menus and server extensions off (the
+# workbook uses only its ClearSolutions preprocessor) and no "get notified about news?" prompt.
+LAB_CONFIG := $(CURDIR)/tools/jupyter_config
 
 .DEFAULT_GOAL := help
 .PHONY: FORCE help install workbook test test-fast lint learner lab check mlflow stop team team-stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
@@ -68,7 +71,7 @@ check: install ## the course's summary checklist from your tracking server and f
 lab: install ## start MLflow and JupyterLab on your copy of the exercises (learner/, written if missing)
 	@$(BIN)/python tools/learner.py --quiet
 	@$(BIN)/mlops-mlflow start
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) learner/01_tracking.ipynb
+	JUPYTER_CONFIG_PATH=$(LAB_CONFIG) $(BIN)/jupyter lab --ServerApp.root_dir=. --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) learner/01_tracking.ipynb
 
 mlflow: install ## start the local MLflow server (or find it running)
 	@$(BIN)/mlops-mlflow start

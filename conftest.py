@@ -17,6 +17,10 @@ folder before the first notebook kernel or server test runs, exported as MLFLOW_
 worker has its own. Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
 already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own: in a
 temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
+
+A session that executes notebooks holds the project's workbook lock (`.workbook/lock`, shared:
+`00i_coordination`) from its start to its end, so it never runs beside `make workbook` in the
+same project: whichever comes second says who runs, in one line, and exits with code 2.
 """
 
 import os
@@ -104,6 +108,75 @@ def pytest_collection_modifyitems(items):
     items.sort(key=_cost_rank)  # stable: a file's tests, and a notebook's cells, stay in order
 
 
+_FIGURE_AS_TEXT = re.compile(r"<\w*Figure size \d+x\d+ with \d+ Axes>")
+_EXERCISE_NOTEBOOK = re.compile(r"0[1-7]_[a-z]+\.ipynb")
+_WARNING_LINE = re.compile(r"^.*\bWARNING\b.*$", re.MULTILINE)
+
+
+def shown_wrong(outputs: list, exercise: bool) -> list[str]:
+    "What a learner would see wrong in a cell's `outputs`: a plot printed as text; in an exercise, a WARNING on stderr."
+    problems = []
+    for out in outputs:
+        data = out.get("data") or {}
+        text = data.get("text/plain", "")
+        if _FIGURE_AS_TEXT.search(text) and "image/png" not in data:
+            problems.append(f"a plot shows as text, not as an image: {_FIGURE_AS_TEXT.search(text).group()}")
+        if exercise and out.get("name") == "stderr":
+            problems += [f"a WARNING on stderr: {m.group()[:200]}" for m in _WARNING_LINE.finditer(out.get("text", ""))]
+    return problems
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    "After nbval runs a cell: fail it if what it shows would look broken to a learner (see `shown_wrong`)."
+    result = yield
+    outputs = getattr(item, "test_outputs", None)  # nbval's outputs of the cell it just ran
+    if outputs:
+        problems = shown_wrong(outputs, exercise=bool(_EXERCISE_NOTEBOOK.fullmatch(item.path.name)))
+        if problems:
+            pytest.fail(f"{item.path.name}, {item.name}: " + "; ".join(problems), pytrace=False)
+    return result
+
+
+def _holds_notebooks(folder: str) -> bool:
+    "Whether `folder` (or a folder in it, hidden ones left out) holds a notebook."
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
+        if any(f.endswith(".ipynb") for f in files):
+            return True
+    return False
+
+
+def runs_notebooks(config) -> bool:
+    "Whether this session may execute notebooks: a path it collects holds one, and `-m` keeps the `notebook` tier."
+    expr = config.getoption("markexpr", "")
+    if expr:
+        from _pytest.mark.expression import Expression  # the parser `-m` itself uses
+
+        if not Expression.compile(expr).evaluate(lambda name, **kw: name in ("notebook", "server")):
+            return False
+    here = config.invocation_params.dir
+    for arg in config.args:
+        path = here / arg.split("::", 1)[0]
+        if path.suffix == ".ipynb" or (path.is_dir() and _holds_notebooks(path)):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    "A session that executes this project's notebooks holds its workbook lock (shared): not while `make workbook` runs."
+    if hasattr(session.config, "workerinput") or not runs_notebooks(session.config):
+        return  # an xdist worker (the controller holds it for the session), or no notebook to run
+    from mlops_day28.coordination import ProjectBusy, ProjectLock
+
+    try:
+        lock = ProjectLock(session.config.rootpath, "pytest, executing the notebooks", shared=True).acquire()
+    except ProjectBusy as e:
+        pytest.exit(str(e), returncode=e.exit_code)  # one line, before any worker, server or kernel starts
+    session.config._mlops_workbook_lock = lock  # released in pytest_sessionfinish, or when this process ends
+
+
 TEAM_NOTEBOOK = "07_team.ipynb"
 
 
@@ -134,6 +207,9 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    lock = getattr(session.config, "_mlops_workbook_lock", None)
+    if lock:  # every notebook has run (with xdist, this is the controller, after its workers)
+        lock.release()
     team_root = getattr(session.config, "_mlops_team_root", None)
     if team_root:
         from mlops_day28.team_server import stop_team_server

@@ -30,7 +30,7 @@ VARIANTS = {
     "mlops-train with an unknown option (exit 2)": [str(BIN / "mlops-train"), "--config", TINY, "--frobnicate"],
     "mlops-sweep --n-jobs 0 (exit 2)": [str(BIN / "mlops-sweep"), "--config", TINY, "--n-jobs", "0"],
     "mlops-evaluate --threshold 85 (exit 2)": [str(BIN / "mlops-evaluate"), "--model", "m", "--threshold", "85"],
-    "mlops-check-config configs/tiny.yaml (reads the config)": [str(BIN / "mlops-check-config"), TINY],
+    "mlops-check-config configs/tiny.yaml (reads the config and its data)": [str(BIN / "mlops-check-config"), TINY],
 }
 
 

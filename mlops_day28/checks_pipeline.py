@@ -13,7 +13,7 @@ import yaml
 from mlflow import MlflowClient  # first: MLflow's entry point then imports mlops_day28.exercises whole
 from pydantic import BaseModel, ValidationError
 
-from .config import Config, ConfigError, flatten_config, load_config
+from .config import Config, ConfigError, ConfigLoader, flatten_config, load_config
 from .exercises import NotebookNotDeclared, Result, Task, current_notebook, learner_variable
 from .pipeline import CONFIG_PATH_TAG
 from .schema import find_project_root
@@ -150,8 +150,8 @@ def _typo() -> Iterator[Result]:
     yield Result(path.exists(), f"{MY_TYPO} is in the notebook's folder", f"write it to {path}")
     if path.exists():
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
+            data = yaml.load(path.read_text(), Loader=ConfigLoader)  # as load_config reads it
+        except (yaml.YAMLError, ConfigError):  # not YAML, or a key given twice: load_config says which below
             data = None
         near = misspelt_keys(data) if isinstance(data, dict) else {}
         what = ", ".join(f"{k} (for {v})" for k, v in near.items())

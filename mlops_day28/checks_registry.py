@@ -115,7 +115,7 @@ def _model(client) -> Iterator[Result]:
     yield Result(
         model is not None,
         f"a registered model named {MY_MODEL!r}",
-        'mlflow.register_model(f"runs:/{run_id}/model", MY_MODEL) creates it, as version 1',
+        "mlflow.register_model(first.model_uri, MY_MODEL) creates it, as version 1, from the URI (models:/m-...) of a model your run logged",
     )
 
 
@@ -236,7 +236,7 @@ q1 = Task(
     NOTEBOOK,
     f"register a model from one of your runs as {MY_MODEL!r}",
     _q1,
-    'mlflow.register_model(f"runs:/{run_id}/model", MY_MODEL) with the id of a run of yours that logged a model',
+    "mlflow.register_model(first.model_uri, MY_MODEL): the URI (models:/m-...) of a model a run of yours logged",
 )
 q2 = Task(
     "q2",

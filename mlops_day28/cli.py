@@ -62,7 +62,8 @@ def _start(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False, h
         from mlops_day28.team_server import start_team_server
 
         srv = start_team_server(root, port, host=host or "127.0.0.1")
-        print(f"{'started' if srv.started else 'already running'}: {srv.line()}")
+        done = f"restarted {srv.restarted}" if srv.restarted else "started" if srv.started else "already running"
+        print(f"{done}: {srv.line()}")
         print(f"use it: export MLFLOW_TRACKING_URI={srv.uri}")
         if srv.optuna:
             print(f"sweeps that several machines share: mlops-sweep --set sweep.storage={srv.optuna}")
@@ -117,21 +118,20 @@ def check_config(
 ) -> int:
     "Validate config files against the schema and their data: exit 0 if every one is fine, else 2, one line per problem."
     from mlops_day28.config import ConfigError
+    from mlops_day28.conflicts import check_config_data
 
     status = 0
     for p in paths:
         try:
-            cfg = load_cli_config(
-                p, conflicts=True
-            )  # the schema, then the data, num_classes, pretrained: a line for each
+            cfg = load_cli_config(p)  # the schema: one line for a file that does not load
+            data = check_config_data(cfg, p)  # the data, read as training reads it, and pretrained: a line each
         except ConfigError as e:
             report(e)
             status = 2
             continue
         t = cfg.training
-        print(
-            f"{p}: ok ({cfg.model.architecture}, {t.num_epochs} epochs, batch {t.batch_size}, lr {t.learning_rate:g})"
-        )
+        model = f"{cfg.model.architecture}, {t.num_epochs} epochs, batch {t.batch_size}, lr {t.learning_rate:g}"
+        print(f"{p}: ok ({model}; {data})")  # `data`: what was read, so ok means training takes it
     return status
 
 
@@ -290,11 +290,14 @@ def serve(
     overrides: SetOpt = None,
 ) -> None:
     "Serve a model (the registry's champion by default) with Prometheus metrics; a model named by alias is followed."
-    from mlops_day28.serving import serve_model
-    from mlops_day28.tracking_server import setup_mlflow
+    from mlops_day28.service_http import stopping
 
-    cfg = load_cli_config(config, overrides)
-    uri = model or cfg.serving.model_uri or f"models:/{cfg.registry.model_name}@champion"
-    if needs_server(uri):
-        setup_mlflow(root=cfg.root)
-    serve_model(uri, cfg, host or cfg.serving.host, port or cfg.serving.port, workers)
+    with stopping():  # SIGTERM or Ctrl-C: one line and exit code 0, never "a run ... KILLED" (a service has no run)
+        from mlops_day28.serving import serve_model  # torch: seconds, in which a SIGTERM ends it in that line too
+        from mlops_day28.tracking_server import setup_mlflow
+
+        cfg = load_cli_config(config, overrides)
+        uri = model or cfg.serving.model_uri or f"models:/{cfg.registry.model_name}@champion"
+        if needs_server(uri):
+            setup_mlflow(root=cfg.root)
+        serve_model(uri, cfg, host or cfg.serving.host, port or cfg.serving.port, workers)

@@ -39,12 +39,13 @@ def run(
     prog: str,  # the command's name, for messages
 ) -> int:
     "Run `app` on `argv`; the exit code, with every error printed as one line."
-    from mlops_day28.lifecycle import bound_mlflow_waits, terminate_as_interrupt
+    from mlops_day28.lifecycle import bound_mlflow_waits, naming_silent_server, terminate_as_interrupt
 
     bound_mlflow_waits()  # a tracking server that is gone is named in seconds, not minutes (see 00h_lifecycle)
     stopped: dict = {}
     try:
-        with terminate_as_interrupt(stopped):  # SIGTERM unwinds like Ctrl-C: every run on the way out ends KILLED
+        # SIGTERM unwinds like Ctrl-C: every run on the way out ends KILLED; a silent tracking server is named in one line
+        with terminate_as_interrupt(stopped), naming_silent_server():
             code = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
     except typer.TyperException as e:  # a bad argument: Typer (click) found it before anything ran
         report(f"{e.format_message()} (see {prog} --help)")

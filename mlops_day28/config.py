@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "config_from_dict",
     "load_config",
+    "ConfigLoader",
     "apply_overrides",
     "with_values",
     "workbook_config_path",
@@ -179,8 +180,8 @@ def load_config(
         raise ConfigError(f"{path}: config file not found (working directory: {Path.cwd()})")
     text = _read_text(path)
     try:
-        data = yaml.load(text, Loader=_Yaml12Loader)
-    except ConfigError as e:  # the loader's own refusals (a YAML bomb) do not know the file
+        data = yaml.load(text, Loader=ConfigLoader)
+    except ConfigError as e:  # the loader's own refusals (a YAML bomb, a key given twice) do not know the file
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -193,6 +194,44 @@ def load_config(
             return config_from_dict(data, source=path)  # the error names the top level
         data = apply_overrides(data, overrides)
     return config_from_dict(data, source=path)
+
+
+# %% ../nbs/00_config.ipynb #ca239812
+class ConfigLoader(_Yaml12Loader):
+    "The loader every config is read with: `_Yaml12Loader`, and a key given twice in one mapping is a `ConfigError`."
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._keys: list[str] = []  # the keys that lead to the node being composed
+
+    def compose_node(self, parent, index):
+        "Compose a node as `_Yaml12Loader` does, knowing the key it is the value of."
+        under = isinstance(index, yaml.Node)  # the value of a mapping's key: `index` is that key
+        if under:
+            self._keys.append(str(index.value) if isinstance(index, yaml.ScalarNode) else "?")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if under:
+                self._keys.pop()
+
+    def compose_mapping_node(self, anchor):
+        "Compose a mapping; a `ConfigError` that names the key and both its lines if a key is given twice."
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}  # (tag, text) of each key -> its line
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, first = key.start_mark.line + 1, seen.get((key.tag, key.value))
+            if first is not None:
+                name = ".".join([*self._keys, key.value])
+                name = name if len(name) <= 80 else f"{name[:77]}..."
+                where = f"on line {line}" if first == line else f"on lines {first} and {line}"
+                raise ConfigError(
+                    f"{name} is given twice, {where} (YAML would silently keep the last): keep one of them"
+                )
+            seen[(key.tag, key.value)] = line
+        return node
 
 
 # %% ../nbs/00_config.ipynb #9aa98e17
@@ -213,8 +252,8 @@ def apply_overrides(
         if not sep or not key.strip():
             raise ConfigError(f"--set {_short(item)}: expected key.sub=value, e.g. training.learning_rate=0.01")
         try:
-            value = yaml.load(raw, Loader=_Yaml12Loader)
-        except ConfigError as e:  # a YAML bomb in the value
+            value = yaml.load(raw, Loader=ConfigLoader)
+        except ConfigError as e:  # a YAML bomb, or a key given twice, in the value
             raise ConfigError(f"--set {_short(key.strip())}: {e}") from None
         except yaml.YAMLError:
             value = raw

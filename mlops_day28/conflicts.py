@@ -5,7 +5,6 @@
 # %% ../nbs/00aa_conflicts.ipynb #cf1c0a03
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from .config import ConfigError
@@ -13,7 +12,14 @@ from .errors import InputError, report
 from .schema import Config, ModelConfig
 
 # %% auto #0
-__all__ = ["TORCHVISION_ARCHITECTURES", "pretrained_conflict", "count_classes", "config_conflicts", "refuse_conflicts"]
+__all__ = [
+    "TORCHVISION_ARCHITECTURES",
+    "pretrained_conflict",
+    "read_config_data",
+    "config_conflicts",
+    "check_config_data",
+    "refuse_conflicts",
+]
 
 # %% ../nbs/00aa_conflicts.ipynb #cf1c0002
 TORCHVISION_ARCHITECTURES = ("resnet18",)  # where `pretrained` elsewhere means ImageNet weights
@@ -29,51 +35,53 @@ def pretrained_conflict(model: ModelConfig) -> str | None:
     return None
 
 
-def count_classes(
-    path: Path,  # a CSV file or a folder of class sub-folders (see `find_dataset`)
-    label_column: str = "label",
-) -> int:
-    "Distinct labels of a CSV (read with the csv module, without pandas), or the class sub-folders of a folder."
-    if path.is_dir():
-        return sum(1 for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+# %% ../nbs/00aa_conflicts.ipynb #9f708855
+def read_config_data(cfg: Config) -> str:
+    "Read the data `cfg` names as training reads it (loaded, its labels held to `num_classes`, split): a summary line."
+    from mlops_day28.data import DataError, load_dataset, split_dataset  # pandas and scikit-learn: not for --help
+
+    path = cfg.resolve(cfg.data.dataset_path)
+    if not path.exists():
+        raise DataError(f"data.dataset_path: {path} does not exist")
+    ds = load_dataset(cfg)  # every row and value, and the labels against model.num_classes (00a_data)
+    sizes = split_dataset(ds, cfg.data.splits, seed=cfg.data.split_seed).sizes()
+    source = Path(ds.source)
+    shown = source.relative_to(cfg.root) if source.is_relative_to(cfg.root) else source
+    rows = "images" if source.is_dir() else "rows"
+    return f"{shown}: {len(ds):,} {rows}, {ds.num_classes} classes, split {'/'.join(f'{n:,}' for n in sizes.values())}"
+
+
+# %% ../nbs/00aa_conflicts.ipynb #2652e582
+def _conflicts(cfg: Config) -> tuple[list[str], str | None]:
+    "The conflicts of `cfg`, a line each, and the summary of its data when it could be read."
+    lines, data = [], None
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = csv.reader(f)
-            header = next(rows, [])
-            if label_column not in header:
-                raise ConfigError(f"data.label_column: {path} has no column {label_column!r}")
-            i = header.index(label_column)
-            labels = {r[i].strip() for r in rows if len(r) > i and r[i].strip()}
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"data.dataset_path: {path} is not a readable CSV file ({type(e).__name__})") from None
-
-    def canonical(label: str):  # 1 and 1.0 are one class, as pandas reads them
-        try:
-            return float(label)
-        except ValueError:
-            return label
-
-    return len({canonical(v) for v in labels})
-
-
-def config_conflicts(cfg: Config) -> list[str]:
-    "What in `cfg` contradicts its data or this offline workbook: one line per conflict, none when it can train."
-    from mlops_day28.data import find_dataset  # pandas loads here, when a config is checked, not for --help
-
-    lines, path = [], cfg.resolve(cfg.data.dataset_path)
-    try:
-        if not path.exists():
-            raise ConfigError(f"data.dataset_path: {path} does not exist")
-        data = find_dataset(path)
-        n = count_classes(data, cfg.data.label_column)
-        if n != cfg.model.num_classes:
-            shown = data.relative_to(cfg.root) if data.is_relative_to(cfg.root) else data
-            lines.append(f"model.num_classes: {cfg.model.num_classes}, but {shown} has {n} classes; set it to {n}")
+        data = read_config_data(cfg)
     except InputError as e:
         lines.append(str(e))
     if conflict := pretrained_conflict(cfg.model):
         lines.append(conflict)
-    return lines
+    return lines, data
+
+
+def config_conflicts(cfg: Config) -> list[str]:
+    "What in `cfg` contradicts its data or this offline workbook: one line per conflict, none when it can train."
+    return _conflicts(cfg)[0]
+
+
+# %% ../nbs/00aa_conflicts.ipynb #880db29f
+def check_config_data(
+    cfg: Config,
+    source: str | Path | None = None,  # the file named in the lines (default: the config's own)
+) -> str:
+    "The summary of `cfg`'s data when nothing conflicts; else each conflict reported as a line, the last raised (exit 2)."
+    lines, data = _conflicts(cfg)
+    where = f"{source or cfg.source}: " if source or cfg.source else ""
+    for line in lines[:-1]:
+        report(where + line)
+    if lines:
+        raise ConfigError(where + lines[-1])
+    return data
 
 
 def refuse_conflicts(
@@ -81,10 +89,5 @@ def refuse_conflicts(
     source: str | Path | None = None,  # the file named in the lines (default: the config's own)
 ) -> Config:
     "`cfg` when nothing conflicts; else each conflict reported as one line, the last raised as a `ConfigError` (exit 2)."
-    lines = config_conflicts(cfg)
-    where = f"{source or cfg.source}: " if source or cfg.source else ""
-    for line in lines[:-1]:
-        report(where + line)
-    if lines:
-        raise ConfigError(where + lines[-1])
+    check_config_data(cfg, source)
     return cfg

@@ -8,8 +8,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from .plots import NotebookFigure
 from .prometheus import prometheus_get
 
 # %% auto #0
@@ -87,7 +87,7 @@ def plot_dashboard(
     series: dict[str, np.ndarray], classes: dict[str, float], drift_start: float | None = None, source: str = ""
 ):
     "Request rate, latency p50/p95, class distribution, rolling accuracy and drift, as one figure."
-    fig = Figure(figsize=(13, 6.5), layout="constrained")
+    fig = NotebookFigure(figsize=(13, 6.5), layout="constrained")
     axes = fig.subplots(2, 3)
     t = series["t"]
     panels = [

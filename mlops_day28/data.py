@@ -5,14 +5,18 @@
 # %% ../nbs/00a_data.ipynb #b2ea888d
 from __future__ import annotations
 
+import csv
 import hashlib
+import math
+import reprlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .schema import Config, DataConfig, SplitsConfig, find_project_root
 
 # %% auto #0
@@ -21,8 +25,10 @@ __all__ = [
     "DataError",
     "write_digits_csv",
     "Dataset",
+    "csv_line",
     "load_csv_dataset",
     "load_image_folder",
+    "check_classes",
     "find_dataset",
     "load_dataset",
     "Split",
@@ -94,6 +100,106 @@ def _square_image_shape(n_features: int) -> tuple[int, int, int] | None:
     return (1, s, s) if s * s == n_features and s > 1 else None
 
 
+# %% ../nbs/00a_data.ipynb #d1db9a06
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    "(line, values) of each row of the CSV file at `path`, the header first, skipping blank lines as pandas does."
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader, end = csv.reader(f), 0
+        for values in reader:
+            start, end = end + 1, reader.line_num  # a quoted value may span lines: the row starts after the last one
+            if values and (len(values) > 1 or values[0].strip()):
+                yield start, values
+
+
+def csv_line(
+    path: str | Path,  # a CSV file
+    row: int,  # a data row, counted from 0 as pandas counts them (the header is not a row)
+) -> int:
+    "The line of the file on which data row `row` starts, as an editor numbers it: the header is line 1."
+    for i, (line, _) in enumerate(_csv_rows(Path(path)), start=-1):
+        if i == row:
+            return line
+    raise IndexError(f"{path} has no row {row}")
+
+
+# %% ../nbs/00a_data.ipynb #6592ccd7
+def _read_csv(path: Path) -> pd.DataFrame:
+    "The CSV file at `path`, read by pandas; a `DataError` for a file with no rows, or a row with too many values."
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; a CSV needs a header line and one row per example") from None
+    except pd.errors.ParserError as e:  # pandas counts its "line N" its own way: find the row ourselves
+        rows = _csv_rows(path)
+        _, header = next(rows, (0, []))
+        long = next(((line, v) for line, v in rows if len(v) > len(header)), None)
+        if long is None:
+            raise DataError(f"{path}: not a readable CSV file ({one_line(e, 200)})") from None
+        line, values = long
+        raise DataError(
+            f"{path} line {line} (the header is line 1): {len(values)} values for the header's {len(header)} columns"
+        ) from None
+    except UnicodeDecodeError:  # pandas' offset is into a buffer of its own: find the byte in the file
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as u:
+            line = raw.count(b"\n", 0, u.start) + 1
+            where = f" on line {line} (byte 0x{raw[u.start]:02x})"
+        raise DataError(f"{path}: not UTF-8 text{where}; save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if df.empty:
+        raise DataError(f"{path}: no rows, only the header line; a CSV needs one row per example under it")
+    return df
+
+
+# %% ../nbs/00a_data.ipynb #fa7bd411
+def _missing_value(path: Path, df: pd.DataFrame) -> str | None:
+    "The first missing value of `df` by line and column (a short row, an empty value, NaN); None if there is none."
+    missing = df.isna().to_numpy()
+    if not missing.any():
+        return None
+    row, col = (int(i) for i in np.argwhere(missing)[0])  # the first row with a gap, and its first gap
+    rows = int(missing.any(axis=1).sum())
+    more = f"; {rows - 1:,} more row{'s have' if rows > 2 else ' has'} missing values" if rows > 1 else ""
+    line, values = next((line, v) for i, (line, v) in enumerate(_csv_rows(path), start=-1) if i == row)
+    at = f"{path} line {line} (the header is line 1)"
+    if len(values) < df.shape[1]:
+        after = " or after it" if df.shape[1] - len(values) > 1 else ""
+        return f"{at}: {len(values)} values for the header's {df.shape[1]} columns, none for '{df.columns[len(values)]}'{after}{more}"
+    raw = values[col].strip()  # what the file says: nothing, or a word pandas reads as missing (NaN, NA, null...)
+    return f"{at}, column '{df.columns[col]}': no value ({repr(raw) if raw else 'empty'}){more}"
+
+
+# %% ../nbs/00a_data.ipynb #cde2a7eb
+def _feature_matrix(path: Path, features: pd.DataFrame) -> np.ndarray:
+    "`features` as float32, one row per example; a `DataError` naming the line and column of a value that is not a finite number."
+    for c in features.columns:
+        if not pd.api.types.is_numeric_dtype(features[c]):
+            numbers = pd.to_numeric(features[c], errors="coerce")  # missing values are gone: NaN here was text
+            if not numbers.isna().any():
+                features = features.assign(**{str(c): numbers})  # numbers pandas kept as text
+                continue
+            row = int(np.flatnonzero(numbers.isna())[0])
+            value = reprlib.repr(features[c].iloc[row])
+            raise DataError(
+                f"{path} line {csv_line(path, row)} (the header is line 1), column '{c}': {value} is not a number; "
+                "feature columns must be numeric"
+            )
+    with np.errstate(over="ignore"):  # 1e39 is a number, but not a float32: it becomes inf, refused below
+        X = features.to_numpy(np.float32)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path} line {csv_line(path, row)} (the header is line 1), column '{features.columns[col]}': "
+            f"{float(features.iloc[row, col]):g} is not a finite float32 number"
+        )
+    return X
+
+
 # %% ../nbs/00a_data.ipynb #78e16d6b
 def _encode_labels(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
     "Integer class indices and sorted class names for `labels`."
@@ -106,12 +212,9 @@ def load_csv_dataset(
     path: str | Path,  # CSV with feature columns and a label column
     label_column: str = "label",
 ) -> Dataset:
-    "Load a CSV of numeric feature columns plus a label column."
+    "Load a CSV of numeric feature columns plus a label column; a bad value is a `DataError` naming its line and column."
     path = Path(path)
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
+    df = _read_csv(path)
     if label_column not in df.columns:
         raise DataError(
             f"{path}: no label column '{label_column}' (columns: {', '.join(map(str, df.columns[:8]))}"
@@ -120,16 +223,12 @@ def load_csv_dataset(
     features = df.drop(columns=[label_column])
     if features.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides '{label_column}'")
-    text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if text:
-        raise DataError(f"{path}: feature column '{text[0]}' is not numeric (e.g. {features[text[0]].iloc[0]!r})")
-    missing = df.isna().sum()
-    if missing.any():
-        col = missing[missing > 0].index[0]
-        raise DataError(f"{path}: column '{col}' has {missing[col]} missing value(s)")
+    if problem := _missing_value(path, df):
+        raise DataError(problem)
+    X = _feature_matrix(path, features)
     y, class_names = _encode_labels(df[label_column])
     return Dataset(
-        X=features.to_numpy(np.float32),
+        X=X,
         y=y,
         class_names=class_names,
         feature_names=[str(c) for c in features.columns],
@@ -164,15 +263,18 @@ def load_image_folder(
         for f in files:
             h.update(f.relative_to(path).as_posix().encode() + b"\0")
             _sha256_file(f, h)
-            with Image.open(f) as im:
-                im = im.convert("L")
-                if image_size:
-                    im = im.resize((image_size, image_size))
-                if size is None:
-                    size = im.size
-                elif im.size != size:
-                    raise DataError(f"{f}: size {im.size} differs from {size}; set data.image_size to resize")
-                rows.append(np.asarray(im, dtype=np.float32).reshape(-1))
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L")
+                    if image_size:
+                        im = im.resize((image_size, image_size))
+            except OSError as e:  # Pillow's UnidentifiedImageError is one
+                raise DataError(f"{f}: not a readable image ({type(e).__name__})") from None
+            if size is None:
+                size = im.size
+            elif im.size != size:
+                raise DataError(f"{f}: size {im.size} differs from {size}; set data.image_size to resize")
+            rows.append(np.asarray(im, dtype=np.float32).reshape(-1))
             labels.append(label)
     w, hgt = size
     return Dataset(
@@ -184,6 +286,35 @@ def load_image_folder(
         source=str(path),
         digest=h.hexdigest(),
         name=path.name,
+    )
+
+
+# %% ../nbs/00a_data.ipynb #e3fd5d53
+def check_classes(
+    ds: Dataset,
+    num_classes: int,  # the config's `model.num_classes`
+    splits: SplitsConfig | None = None,  # fractions: a label on too few rows to be in each split is a stray row
+    shown: str | Path | None = None,  # the data's name in the count's message (default: `ds.source`)
+) -> Dataset:
+    "`ds` if it has the config's `num_classes` classes; else a `DataError` naming a stray label's line, or the count."
+    if ds.num_classes == num_classes:
+        return ds
+    shown, splits = shown or ds.source, splits or SplitsConfig()
+    counts = np.bincount(ds.y, minlength=ds.num_classes)
+    enough = math.ceil(1 / min(splits.train, splits.val, splits.test))  # rows for one in every split, on average
+    stray = counts < enough
+    if stray.any() and not stray.all() and Path(ds.source).is_file():  # a CSV: rows have lines
+        rows = np.flatnonzero(stray[ds.y])  # rows whose label is too rare to be a class
+        row, n = int(rows[0]), int(counts[ds.y[rows[0]]])
+        who = "no other row has this label" if n == 1 else f"only {n} rows have this label"
+        more = f"; {len(rows):,} rows in all have labels this rare" if len(rows) > n else ""
+        raise DataError(
+            f"{ds.source} line {csv_line(ds.source, row)} (the header is line 1): label {ds.class_names[ds.y[row]]}; "
+            f"the config has {num_classes} classes (model.num_classes), and {who}: correct or remove "
+            f"{'the row' if n == 1 else 'those rows'}{more}"
+        )
+    raise DataError(
+        f"model.num_classes: {num_classes}, but {shown} has {ds.num_classes} classes; set it to {ds.num_classes}"
     )
 
 
@@ -207,26 +338,30 @@ def find_dataset(
     raise DataError(f"data.dataset_path: {path} holds neither a CSV file nor class sub-folders of images")
 
 
+# %% ../nbs/00a_data.ipynb #15706ddb
 def load_dataset(
     data: DataConfig | Config,  # the config, or its `data` section
     root: str | Path | None = None,  # resolve relative paths here (default: the config's project root)
 ) -> Dataset:
-    "Load the dataset a config names: a CSV file, a folder holding one CSV, or a folder of class sub-folders."
-    if isinstance(data, Config):
-        root, data = root or data.root, data.data
+    "The dataset a config names: a CSV, a folder holding one CSV, or class sub-folders; a whole config: `check_classes` too."
+    cfg = data if isinstance(data, Config) else None
+    if cfg is not None:
+        root, data = root or cfg.root, cfg.data
+    root = Path(root or find_project_root())
     path = Path(data.dataset_path).expanduser()
-    if not path.is_absolute():
-        path = Path(root or find_project_root()) / path
-    path = find_dataset(path)
+    path = find_dataset(path if path.is_absolute() else root / path)
     if path.is_dir():
-        return load_image_folder(path, data.image_size)
-    if not path.exists():
-        raise DataError(
-            f"data.dataset_path: {path} does not exist (relative paths are resolved against {root or find_project_root()})"
-        )
-    if path.suffix.lower() != ".csv":
+        ds = load_image_folder(path, data.image_size)
+    elif not path.exists():
+        raise DataError(f"data.dataset_path: {path} does not exist (relative paths are resolved against {root})")
+    elif path.suffix.lower() != ".csv":
         raise DataError(f"data.dataset_path: {path} is neither a .csv file nor a folder of class sub-folders")
-    return load_csv_dataset(path, data.label_column)
+    else:
+        ds = load_csv_dataset(path, data.label_column)
+    if cfg is None:
+        return ds
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    return check_classes(ds, cfg.model.num_classes, data.splits, shown)
 
 
 # %% ../nbs/00a_data.ipynb #0f364916

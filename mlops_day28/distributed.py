@@ -5,21 +5,54 @@
 # %% ../nbs/04c_distributed.ipynb #ds00000b
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import optuna
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from optuna.trial import TrialState
+
+from mlops_day28.sweep import (
+    SweepError,
+    SweepResult,
+    _config_digest,
+    find_sweep,
+    finish_sweep,
+    new_parent_run,
+    results_table,
+)
 
 from .config import Config
 from .coordination import ensure_experiment, server_lock
-from .sweep import SweepError, SweepResult, _config_digest, find_sweep, finish_sweep, new_parent_run
+from .errors import InputError, MlopsError, one_line
+from .lifecycle import TrackingServerLost, describe_failure, env_set
 from .tpe import storage_url, suggest_values
-from .trials import grid_points, run_trial, trial_run_name
+from .trials import grid_points, run_trial, sweep_children, trial_key, trial_run_name
 
 # %% auto #0
-__all__ = ["shared_storage", "join_sweep", "sweep_worker"]
+__all__ = [
+    "STORE_NAMES",
+    "shared_storage",
+    "join_sweep",
+    "beat_for_silent_trials",
+    "sweep_worker",
+    "storage_label",
+    "storage_down",
+    "SweepStorageLost",
+    "quiet_heartbeats",
+    "stopping_in_one_line",
+    "queue_again",
+    "missing_points",
+    "completed_points",
+    "SweepIncomplete",
+    "end_sweep",
+    "reopen_incomplete",
+]
 
 
 # %% ../nbs/04c_distributed.ipynb #ds000002
@@ -35,17 +68,27 @@ def _runs_of(client: MlflowClient, study: optuna.Study, trial: optuna.trial.Froz
     return [r.info.run_id for r in client.search_runs([experiment_id], found)]
 
 
+def _retry(max_retry: int | None):
+    "Optuna's callback that queues a copy of a failed trial (`RetryHeartbeatStaleTrialCallback` since Optuna 4.9)."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (optuna.exceptions.ExperimentalWarning, FutureWarning))
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+        return retry(max_retry=max_retry)
+
+
 def _close_run_of(grace: int):
     "Optuna's callback for a trial whose worker died: close the trial's MLflow run, then queue the trial again."
 
     def close(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _retry(3)(study, trial)  # first: until its copy is queued, the point is missing (see `_settling`)
         client = MlflowClient()
         for run_id in _runs_of(client, study, trial):
+            if client.get_run(run_id).info.status != "RUNNING":
+                continue  # closed already: by its worker, which lost a service, or by a journal replayed since
             reason = f"its worker sent no heartbeat for {grace} s (killed?); the trial was queued again"
             client.set_tag(run_id, "mlops.closed_reason", reason)
             client.set_tag(run_id, "sweep.state", "failed")
             client.set_terminated(run_id, "FAILED")
-        optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, trial)
 
     return close
 
@@ -55,10 +98,12 @@ def shared_storage(
     grace: int = 15,  # seconds a trial's worker may be silent (sweep.worker_grace); it beats every grace/3 s
 ) -> optuna.storages.RDBStorage:
     "The study's storage, with heartbeats: a dead worker's trial is failed, its run closed, and the trial queued again."
+    network = url.startswith(("postgresql", "mysql"))  # a server that vanishes is named in seconds, not minutes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
             url,
+            engine_kwargs={"connect_args": {"connect_timeout": 10}} if network else None,
             heartbeat_interval=max(1, grace // 3),
             grace_period=grace,
             heartbeat_stale_trial_callback=_close_run_of(grace),
@@ -93,12 +138,58 @@ def join_sweep(cfg: Config) -> tuple[str, str, optuna.Study]:
             if strategy == "grid":
                 for point in grid_points(cfg.sweep.grid):
                     study.enqueue_trial(point, user_attrs={"sweep.queued": True})  # a retry keeps it
+        elif strategy == "grid":
+            reopen_incomplete(client, study, parent_id, cfg.sweep.grid)  # it ended with points missing: retry them
     return parent_id, exp_id, study
+
+
+# %% ../nbs/04c_distributed.ipynb #88bd29c6
+def beat_for_silent_trials(
+    study: optuna.Study,  # on the RDB storage of `shared_storage`
+    grace: int,  # seconds (sweep.worker_grace)
+) -> list[int]:
+    "Give a first heartbeat to RUNNING trials older than `grace` s that never beat; their numbers. Dead, they go stale."
+    import sqlalchemy
+
+    storage = study._storage  # what optuna.storages.fail_stale_trials(study) uses too
+    storage = getattr(storage, "_backend", storage)  # the RDBStorage under Optuna's cache
+    never_beat = sqlalchemy.text(  # Optuna's RDB schema: a trial's heartbeat is a row of trial_heartbeats
+        "SELECT t.trial_id, t.number, t.datetime_start FROM trials t "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    with storage.engine.connect() as c:
+        rows = c.execute(never_beat, {"study": storage.get_study_id_from_name(study.study_name)}).all()
+    since, silent = datetime.now() - timedelta(seconds=grace), []  # Optuna stamps trials with the local time
+    for trial_id, number, started in rows:
+        started = datetime.fromisoformat(started) if isinstance(started, str) else started  # SQLite: text
+        if started is not None and started < since:
+            storage.record_heartbeat(trial_id)
+            silent.append(number)
+    return silent
 
 
 # %% ../nbs/04c_distributed.ipynb #ds000004
 class _TrialFailed(Exception):
-    pass
+    "The trial's training failed: its run is FAILED with the error, and the trial too."
+
+
+class _ServiceLost(Exception):
+    "The tracking server or the storage was lost during the trial: the worker queues it again and stops."
+
+
+def _settling(trials: list[optuna.trial.FrozenTrial], grace: int) -> bool:
+    "Whether a trial failed in the last `grace` s for its worker or a service, and its copy is not queued yet."
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    since = datetime.now() - timedelta(seconds=grace)  # Optuna stamps trials with the local time
+    return any(
+        t.state == TrialState.FAIL
+        and not t.user_attrs.get("sweep.failed")  # its training failed: not retried
+        and t.number not in retried
+        and t.datetime_complete is not None
+        and t.datetime_complete > since
+        for t in trials
+    )
 
 
 def _fresh(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -108,20 +199,17 @@ def _fresh(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTr
         return [t for t in trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is None]
 
 
-def sweep_worker(
-    cfg: Config,
-    n_trials: int | None = None,  # TPE's budget (default: sweep.n_trials, else the grid's size)
-    poll: float = 1.0,  # seconds between looks while other workers' trials run
-    timeout: float = 6 * 3600,  # give up waiting for others after this long
-) -> SweepResult:
-    "Join the sweep as one worker: take trials until none is left, then, if last, mark the best and end it."
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    grid, strategy = cfg.sweep.grid, cfg.sweep.strategy
-    budget = n_trials or cfg.sweep.n_trials or len(grid_points(grid))
-    parent_id, exp_id, study = join_sweep(cfg)
-    args, ran = (cfg.model_dump(), str(cfg.source) if cfg.source else None), []
+# %% ../nbs/04c_distributed.ipynb #ds000031
+def _objective(cfg: Config, study: optuna.Study, parent_id: str, exp_id: str, budget: int, ran: list, now: dict):
+    "What Optuna calls for each trial this worker takes: one child run. A lost service goes in `now['lost']`."
+    grid, strategy, args = (
+        cfg.sweep.grid,
+        cfg.sweep.strategy,
+        (cfg.model_dump(), str(cfg.source) if cfg.source else None),
+    )
 
     def objective(trial: optuna.Trial) -> float:
+        now["trial"] = trial.number
         if strategy == "grid":
             if not trial.user_attrs.get("sweep.queued"):  # another worker took the last queued point first
                 raise optuna.TrialPruned("no queued grid point was left")
@@ -137,32 +225,252 @@ def sweep_worker(
             "optuna.trial": str(trial.number),
             "run_name": f"t{trial.number:03d}_{trial_run_name(values, grid)}",
         }
-        result = run_trial(
-            *args, values, parent_id, exp_id, tags, on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid)
-        )
+        client = MlflowClient()
+        try:
+            if done := _take_over(client, study, trial.number):  # a retry whose run finished after all
+                trial.set_user_attr("mlflow_run_id", done[0])
+                return done[1]
+            on_start = lambda rid: trial.set_user_attr("mlflow_run_id", rid)  # noqa: E731
+            result = run_trial(*args, values, parent_id, exp_id, tags, on_start=on_start)
+        except Exception as e:
+            now["lost"] = describe_failure(e.__cause__ if isinstance(e, TrackingServerLost) else e, client.tracking_uri)
+            if now["lost"] is None:
+                del now["lost"]
+                raise
+            raise _ServiceLost(now["lost"]) from e
         ran.append(result)
         if result.state == "failed":
+            trial.set_user_attr("sweep.failed", True)  # its own error: no copy of it is coming (`_settling`)
             raise _TrialFailed(result.error)
         return result.final_val_accuracy
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with warnings.catch_warnings():  # experimental in Optuna 5, and what this needs
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run closed, queued again
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        running = any(t.state == TrialState.RUNNING for t in trials)
-        budget_left = strategy == "tpe" and len(_fresh(trials)) < budget
-        if waiting or budget_left:
-            study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
-        elif running:
-            time.sleep(poll)  # others' trials run: one may die, and its retry needs a worker
-        else:
-            break
-    else:  # gave up waiting with trials still running: ending the sweep now would mark a best too early
-        return SweepResult(parent_id, strategy, None, None, None, ran, 0, True)
-    with server_lock(f"sweep.{exp_id}.{cfg.sweep.name}"):  # the last worker ends it, once
-        if MlflowClient().get_run(parent_id).info.status == "RUNNING":
+    return objective
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000032
+def sweep_worker(
+    cfg: Config,
+    n_trials: int | None = None,  # TPE's budget (default: sweep.n_trials, else the grid's size)
+    poll: float = 1.0,  # seconds between looks while other workers' trials run
+    timeout: float = 6 * 3600,  # give up waiting for others after this long
+) -> SweepResult:
+    "Join the sweep as one worker: take trials until none is left, then, if last, mark the best and end it."
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is a FAILED run with its error, not a traceback
+    strategy, ran, now = cfg.sweep.strategy, [], {}
+    budget = n_trials or cfg.sweep.n_trials or len(grid_points(cfg.sweep.grid))
+    with stopping_in_one_line(storage_url(cfg), now):  # a lost storage or tracking server: one line, not tracebacks
+        parent_id, exp_id, study = join_sweep(cfg)
+        objective = _objective(cfg, study, parent_id, exp_id, budget, ran, now)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now.pop("trial", None)
+            beat_for_silent_trials(study, cfg.sweep.worker_grace)  # its worker died before its first heartbeat
+            with warnings.catch_warnings():  # experimental in Optuna 5, and what this needs
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, its run closed, queued again
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            running = any(t.state == TrialState.RUNNING for t in trials)
+            budget_left = strategy == "tpe" and len(_fresh(trials)) < budget
+            if waiting or budget_left:
+                try:
+                    study.optimize(objective, n_trials=1, catch=(_TrialFailed, _ServiceLost))
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM mid-trial: its run is KILLED, its point runs again
+                    with contextlib.suppress(Exception):
+                        if now.get("trial") is not None:
+                            queue_again(study, now["trial"])
+                    raise
+                if "lost" in now:  # the trial failed in the storage: a copy is queued, and this worker stops
+                    queued = "was queued again and runs" if queue_again(study, now["trial"]) else "runs again"
+                    raise TrackingServerLost(
+                        f"the sweep worker stopped: {now['lost']}; its trial {now['trial']} {queued} when a worker "
+                        "rejoins; finished trials are kept: bring the server back (make team), then run this command again"
+                    )
+            elif running or _settling(trials, cfg.sweep.worker_grace):
+                time.sleep(poll)  # others' trials run, or one's copy is being queued: a retry needs a worker
+            else:
+                break
+        else:  # gave up waiting with trials still running: ending the sweep now would mark a best too early
+            return SweepResult(parent_id, strategy, None, None, None, ran, 0, True)
+        return end_sweep(cfg, parent_id, exp_id, ran)
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000021
+STORE_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "sqlite": "SQLite"}
+
+
+def storage_label(url: str) -> str:
+    "The storage named for a message: its engine and its URL, without the password."
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return f"{STORE_NAMES.get(u.get_backend_name(), u.get_backend_name())} at {u.render_as_string(hide_password=True)}"
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000023
+def storage_down(
+    url: str,
+    timeout: int = 3,  # seconds to wait for a connection
+) -> str | None:
+    "Why the storage at `url` does not answer, in one line; None when a query succeeds."
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    network = url.startswith(("postgresql", "mysql"))
+    engine = sqlalchemy.create_engine(
+        url, poolclass=NullPool, connect_args={"connect_timeout": timeout} if network else {}
+    )
+    try:
+        with engine.connect() as c:
+            c.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as e:
+        why = one_line(getattr(e, "orig", None) or e, 240)
+        return why.split(" Is the server running")[0]  # psycopg's hint after the reason: the message says what to do
+    finally:
+        engine.dispose()
+    return None
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000025
+class SweepStorageLost(MlopsError):
+    "The sweep's storage stopped answering while a worker ran (exit code 1); the message names it, without a password."
+
+
+@contextlib.contextmanager
+def quiet_heartbeats() -> Iterator[None]:
+    "While the block runs, Optuna's heartbeat thread dies without a traceback (the worker says why in one line)."
+    hook = threading.excepthook
+
+    def quiet(args):
+        if "_record_heartbeat" not in getattr(args.thread, "name", ""):  # Python names a thread after its target
+            hook(args)
+
+    threading.excepthook = quiet
+    try:
+        yield
+    finally:
+        threading.excepthook = hook
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000027
+@contextlib.contextmanager
+def stopping_in_one_line(
+    url: str,  # the study's storage
+    now: dict,  # "trial": the number of the trial this worker runs, if any
+) -> Iterator[None]:
+    "A worker's seam for lost services: an error while the storage or the tracking server is gone becomes one line."
+    import mlflow
+
+    with quiet_heartbeats():
+        try:
+            yield
+        except InputError:
+            raise
+        except Exception as e:
+            why = storage_down(url)
+            if why:
+                trial = (
+                    f"its trial {now['trial']} runs again when a worker rejoins; "
+                    if now.get("trial") is not None
+                    else ""
+                )
+                raise SweepStorageLost(
+                    f"the sweep worker stopped: its storage, {storage_label(url)}, does not answer ({why}); {trial}"
+                    "finished trials are kept: bring it back (make team), then run this command again"
+                ) from e
+            cause = None if isinstance(e, MlopsError) else describe_failure(e, mlflow.get_tracking_uri())
+            if cause is None:
+                raise
+            raise TrackingServerLost(
+                f"the sweep worker stopped: {cause}; finished trials are kept: "
+                "bring the server back (make team), then run this command again"
+            ) from e
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000029
+def queue_again(study: optuna.Study, number: int) -> bool:
+    "Queue a copy of trial `number`, failed because a service was lost or its worker was stopped; False if not failed."
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if trial.state != TrialState.FAIL:
+        return False  # its failure never reached the storage: the heartbeat check queues it once it is stale
+    _retry(None)(study, trial)  # a lost service is not the trial's fault: no limit
+    return True
+
+
+# %% ../nbs/04c_distributed.ipynb #ds00002b
+def _take_over(client: MlflowClient, study: optuna.Study, number: int) -> tuple[str, float] | None:
+    "Before retried trial `number` runs: the (run id, score) of the run it replaces if that finished after all; else close that run."
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for earlier in trials[number].system_attrs.get("retry_history", []):
+        for run_id in _runs_of(client, study, trials[earlier]):
+            run = client.get_run(run_id)
+            if run.info.status == "FINISHED" and run.data.tags.get("sweep.state") == "complete":
+                return run_id, run.data.metrics["final_val_accuracy"]  # only Optuna never heard: take it
+            if run.info.status == "RUNNING":  # its worker lost a service, and the run stayed open
+                client.set_tag(run_id, "mlops.closed_reason", f"its trial was lost; trial {number} runs it again")
+                client.set_tag(run_id, "sweep.state", "failed")
+                client.set_terminated(run_id, "FAILED")
+    return None
+
+
+# %% ../nbs/04c_distributed.ipynb #ds00002d
+def missing_points(
+    grid: dict[str, list],
+    done: set[str],  # the `trial_key`s of the points that completed
+) -> list[dict]:
+    "The grid's points that have no completed trial, in the grid's order."
+    return [p for p in grid_points(grid) if trial_key(p) not in done]
+
+
+def completed_points(parent_run_id: str) -> set[str]:
+    "The `trial_key`s of the grid points of a sweep whose run finished complete."
+    return {
+        c.data.tags.get("sweep.trial_key")
+        for c in sweep_children(parent_run_id)
+        if c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete"
+    }
+
+
+# %% ../nbs/04c_distributed.ipynb #ds00002f
+class SweepIncomplete(MlopsError):
+    "A distributed sweep ended with grid points that never completed (exit code 1); its parent run names them."
+
+
+def end_sweep(cfg: Config, parent_id: str, exp_id: str, ran: list) -> SweepResult:
+    "The last worker's part, once, under the lock: mark the best and end the parent; with grid points missing, say so."
+    client, grid, strategy = MlflowClient(), cfg.sweep.grid, cfg.sweep.strategy
+    with server_lock(f"sweep.{exp_id}.{cfg.sweep.name}"), env_set(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"):
+        if client.get_run(parent_id).info.status != "RUNNING":  # another worker ended it
+            return SweepResult(parent_id, strategy, None, None, None, ran, 0, True)
+        missing = missing_points(grid, completed_points(parent_id)) if strategy == "grid" else []
+        if not missing:
             return finish_sweep(cfg, parent_id, strategy, ran, 0, True)
-    return SweepResult(parent_id, strategy, None, None, None, ran, 0, True)
+        names, total = ", ".join(trial_run_name(p, grid) for p in missing), len(grid_points(grid))
+        why = f"{len(missing)} of {total} grid points never completed: {names}"
+        client.log_text(parent_id, results_table(parent_id).to_csv(index=False), "results.csv")
+        tags = {"sweep.missing": f"{len(missing)} of {total}", "sweep.missing_points": one_line(names, 4000)}
+        tags["mlops.closed_reason"] = one_line(f"{why}; no best is marked", 240)
+        client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(parent_id, "FAILED")
+    raise SweepIncomplete(
+        f"sweep {cfg.sweep.name!r} ended incomplete: {one_line(why, 300)}; no best is marked and its parent run is "
+        "FAILED (tag sweep.missing): run this command again to retry them"
+    )
+
+
+# %% ../nbs/04c_distributed.ipynb #ds000030
+def reopen_incomplete(client: MlflowClient, study: optuna.Study, parent_id: str, grid: dict[str, list]) -> int:
+    "A sweep that ended with points missing: queue those not queued already, reopen its parent; how many were queued."
+    run = client.get_run(parent_id)
+    if run.info.status != "FAILED" or "sweep.missing" not in run.data.tags:
+        return 0
+    active = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    queued = {trial_key(t.system_attrs.get("fixed_params") or t.params) for t in active}
+    again = [p for p in missing_points(grid, completed_points(parent_id)) if trial_key(p) not in queued]
+    for point in again:
+        study.enqueue_trial(point, user_attrs={"sweep.queued": True})
+    for key in ("sweep.missing", "sweep.missing_points", "mlops.closed_reason"):
+        with contextlib.suppress(Exception):
+            client.delete_tag(parent_id, key)
+    client.update_run(parent_id, status="RUNNING")
+    return len(again)

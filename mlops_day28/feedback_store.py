@@ -5,6 +5,7 @@
 # %% ../nbs/06g_feedback_store.ipynb #fs00000b
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
@@ -15,10 +16,17 @@ import time
 import weakref
 from pathlib import Path
 
+from .errors import MlopsError
 from .payloads import BadRequest
 
 # %% auto #0
-__all__ = ["FeedbackStore"]
+__all__ = ["StoreUnavailable", "FeedbackStore"]
+
+
+# %% ../nbs/06g_feedback_store.ipynb #fs000008
+class StoreUnavailable(MlopsError):
+    "The feedback store cannot record a label now (disk full, read-only, locked): the service answers 503."
+
 
 # %% ../nbs/06g_feedback_store.ipynb #fs000002
 _SCHEMA = """
@@ -55,12 +63,17 @@ class FeedbackStore:
         self.path, self.window, self.within = Path(path), window, within
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one connection, used from the event loop and from worker threads
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the one writer
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last labels
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('key', ?)", (secrets.token_hex(32),))
-        self._key = bytes.fromhex(self._db.execute("SELECT value FROM meta WHERE key = 'key'").fetchone()[0])
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the one writer
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last labels
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('key', ?)", (secrets.token_hex(32),))
+            self._key = bytes.fromhex(self._db.execute("SELECT value FROM meta WHERE key = 'key'").fetchone()[0])
+        except sqlite3.Error as e:
+            raise StoreUnavailable(
+                f"the feedback store {self.path} cannot be opened ({e}): free space there, or set serving.feedback_store"
+            ) from None
         self._recorded = 0
         # a temporary store goes with its last reference, or at exit, if nobody closes it (an app never started)
         self._discard = weakref.finalize(self, _discard, self._db, self.path) if self.temporary else None
@@ -101,9 +114,14 @@ class FeedbackStore:
                 raise BadRequest(
                     409, "duplicate_feedback", f"feedback for {prediction_id!r} was already recorded"
                 ) from None
+            except sqlite3.Error as e:  # disk full, read-only, locked for longer than `timeout`, an I/O error
+                raise StoreUnavailable(
+                    f"the feedback store cannot record labels now ({e}); send it again later"
+                ) from None
             self._recorded += 1
             if self._recorded % 1000 == 0:  # ids this old are refused anyway: their rows are no longer needed
-                self._db.execute("DELETE FROM feedback WHERE at < ?", (now - self.within - 60,))
+                with contextlib.suppress(sqlite3.Error):  # housekeeping: the label above is recorded either way
+                    self._db.execute("DELETE FROM feedback WHERE at < ?", (now - self.within - 60,))
             return (correct, *self._accuracy())
 
     def _accuracy(self) -> tuple[float, int]:

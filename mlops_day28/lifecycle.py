@@ -11,12 +11,13 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .coordination import owner_alive
+from .coordination import HOST_TAG, PID_TAG, owner_alive
 from .errors import MlopsError, one_line
 from .server_processes import server_log_reason
 
@@ -38,6 +39,8 @@ __all__ = [
     "TrackingServerLost",
     "end_run",
     "closing_run",
+    "server_lost",
+    "naming_silent_server",
     "reconcile_runs",
     "tidy_runs",
 ]
@@ -126,11 +129,35 @@ def server_answers(uri: str) -> bool:
     return mlflow_version_at(uri) is not None
 
 
+def _unanswered(text: str) -> str:
+    "' (the call: how it failed)' when MLflow's error text says which call got no reply, and how; else ''."
+    call = re.search(r"/api/\d\.\d/mlflow/([\w/-]+)", text)
+    how = ""
+    if re.search(r"timed out|Timeout", text):
+        tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+        how = f"no reply within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s, {tries} tries"
+    elif re.search(r"Connection refused|NewConnectionError", text):
+        how = "connection refused"
+    said = ": ".join(s for s in (call and call.group(1), how) if s)
+    return f" ({said})" if said else ""
+
+
 def describe_failure(error: BaseException, uri: str) -> str | None:
     "What a failed call to the tracking server at `uri` means, in one line; None when the server is not the cause."
+    from mlops_day28.tracking_server import silent_server
+
     text = str(error)
-    if not server_answers(uri):
-        return f"the tracking server at {uri} stopped answering"
+    why = silent_server(uri)  # None when it answers (a file store always does)
+    if why:
+        return f"the tracking server at {uri} stopped answering{_unanswered(text)}: {why}"
+    if re.search(r"timed out|Timeout", text) and re.search(
+        r"/api/\d\.\d/mlflow/", text
+    ):  # /health answers, the API not
+        return (
+            f"the tracking server at {uri} stopped answering{_unanswered(text)}, though it still answers /health: "
+            "it may be stuck on its database; see its log (.mlflow/server.log for the local server), "
+            "or restart it (make stop, then make mlflow)"
+        )
     if re.search(r"\b50[0-4]\b|INTERNAL_ERROR|too many 50\d", text):
         reason = server_log_reason(uri)
         return f"the tracking server at {uri} could not store it: " + (
@@ -257,6 +284,36 @@ def closing_run(
         raise TrackingServerLost(f"{what} stopped: {cause}; run {run_id} {where}") from e
 
 
+# %% ../nbs/00h_lifecycle.ipynb #a8e1001b
+_NETWORK = re.compile(
+    r"API request to|timed out|Timeout|Max retries exceeded|Connection ?(?:Error|refused|reset|aborted)|RemoteDisconnected"
+)
+
+
+def server_lost(error: BaseException, uri: str | None = None) -> TrackingServerLost | None:
+    "`error` as one `TrackingServerLost` line when a silent tracking server (default: MLflow's) caused it, else None."
+    if isinstance(error, TrackingServerLost) or (uri is None and "mlflow" not in sys.modules):
+        return None
+    text = " ".join(str(e) for e in (error, error.__cause__, error.__context__) if e is not None)
+    if not _NETWORK.search(text):
+        return None
+    uri = uri or sys.modules["mlflow"].get_tracking_uri()
+    cause = describe_failure(error, uri) if uri.startswith(("http://", "https://")) else None
+    return TrackingServerLost(cause) if cause else None
+
+
+@contextlib.contextmanager
+def naming_silent_server() -> Iterator[None]:
+    "While the block runs, an error that a silent tracking server caused becomes one `TrackingServerLost` line."
+    try:
+        yield
+    except Exception as e:
+        lost = server_lost(e)
+        if lost is None:
+            raise
+        raise lost from e
+
+
 # %% ../nbs/00h_lifecycle.ipynb #a8e10015
 def reconcile_runs(client=None) -> list[str]:
     "End as FAILED every RUNNING run of this host whose owning process is gone; returns their ids."
@@ -268,12 +325,12 @@ def reconcile_runs(client=None) -> list[str]:
         return []
     host = socket.gethostname().replace("'", "")
     runs = client.search_runs(
-        experiments, f"attributes.status = 'RUNNING' and tags.`mlops.host` = '{host}'", max_results=5000
+        experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=5000
     )
     closed = []
     for run in runs:
         if owner_alive(run.data.tags) is False:
-            pid = run.data.tags.get("mlops.pid")
+            pid = run.data.tags.get(PID_TAG)
             reason = f"its process {pid} on {host} ended without closing it (found at {time.strftime('%H:%M:%S')})"
             client.set_tag(run.info.run_id, "mlops.closed_reason", reason)
             client.set_terminated(run.info.run_id, "FAILED")
@@ -287,6 +344,10 @@ def tidy_runs(uri: str, root: str | Path | None = None) -> list[str]:
 
     with env_set(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"):  # no "View run" link for each run closed
         closed = replay_journal(uri, root)
-        with contextlib.suppress(Exception):  # tidying must never stop the command the learner asked for
+        try:
             closed += reconcile_runs(MlflowClient(uri))
+        except Exception as e:  # tidying never stops the command the learner asked for; a silent server does
+            lost = server_lost(e, uri)
+            if lost:
+                raise lost from e
     return closed

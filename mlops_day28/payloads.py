@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Type
 # %% auto #0
 __all__ = [
     "INVALID_REASONS",
+    "UNAVAILABLE_REASONS",
     "ERRORS",
     "BadRequest",
     "predict_request",
@@ -44,6 +45,7 @@ INVALID_REASONS = (
     "body_too_large",
     "too_deep",
 )
+UNAVAILABLE_REASONS = ("feedback_store_unavailable",)  # 503: the service cannot do it now; not an invalid request
 
 
 class BadRequest(Exception):
@@ -122,10 +124,10 @@ class FeedbackResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    "Every refusal: one sentence, and the reason (the label of model_invalid_requests_total)."
+    "Every refusal: one sentence, and the reason (for a 4xx, the label of model_invalid_requests_total)."
 
     detail: str
-    reason: str = Field(json_schema_extra={"enum": list(INVALID_REASONS)})
+    reason: str = Field(json_schema_extra={"enum": [*INVALID_REASONS, *UNAVAILABLE_REASONS]})
 
 
 def json_refusal(e: ValidationError) -> BadRequest | None:
@@ -157,6 +159,7 @@ ERRORS = {
     409: "feedback for this prediction was already recorded",
     413: "the body is over serving.max_body_bytes, or the batch over serving.max_batch",
     422: "JSON, but not a valid request: the detail says which field or image, and why",
+    503: "the feedback store cannot record the label now (disk full, read-only, locked): send it again later",
 }
 
 

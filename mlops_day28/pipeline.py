@@ -11,13 +11,21 @@ from dataclasses import asdict
 import mlflow
 
 import mlops_day28
+from mlops_day28.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    load_model,
+    model_architecture,
+    register_run_model,
+    version_for_alias,
+)
 
 from .config import Config, flatten_config
 from .coordination import ensure_experiment, owner_tags
 from .errors import InputError
 from .lifecycle import closing_run
 from .promotion import promote_if_better
-from .registry import CHALLENGER, CHAMPION, RegistryError, load_model, register_run_model, version_for_alias
 from .tracking import git_tags, train_and_log
 from .training import TrainingJob, prepare_training
 
@@ -97,8 +105,7 @@ def train_pipeline(
             split_digest=job.splits.digest,
         )
         client = mlflow.MlflowClient()
-        client.set_tag(run.info.run_id, "registered_version", mv.version)
-        client.set_tag(run.info.run_id, "gate.decision", "promoted" if decision.promoted else "rejected")
+        client.set_tag(run.info.run_id, "registered_version", mv.version)  # the gate put its numbers here too
         result.update(registered_version=mv.version, gate=asdict(decision))
         print(
             f"Registered {name} v{mv.version} as {CHALLENGER}; gate: "
@@ -144,7 +151,7 @@ def init_from_champion(job: TrainingJob) -> str:
         job.model.load_state_dict(weights)
     except RuntimeError:
         raise PipelineInputError(
-            f"model.pretrained: champion v{champion.version} of {name!r} is a {champion.tags.get('architecture', 'different')} "
+            f"model.pretrained: champion v{champion.version} of {name!r} is a {model_architecture(mlflow.MlflowClient().get_run(champion.run_id))} "
             f"model, not model.architecture={job.cfg.model.architecture!r} with hidden_size={job.cfg.model.hidden_size}; "
             "use the champion's architecture or set model.pretrained=false"
         ) from None

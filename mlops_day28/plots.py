@@ -5,6 +5,8 @@
 # %% ../nbs/00f_plots.ipynb #ea489d75
 from __future__ import annotations
 
+import io
+
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
@@ -14,13 +16,29 @@ from matplotlib.ticker import MaxNLocator
 from .training import History
 
 # %% auto #0
-__all__ = ["plot_training_curves", "plot_confusion_matrix", "plot_heatmaps", "plot_parallel_coordinates"]
+__all__ = [
+    "NotebookFigure",
+    "plot_training_curves",
+    "plot_confusion_matrix",
+    "plot_heatmaps",
+    "plot_parallel_coordinates",
+]
+
+
+# %% ../nbs/00f_plots.ipynb #33933635
+class NotebookFigure(Figure):
+    "A matplotlib `Figure` that Jupyter shows as a PNG, whatever the backend."
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
 
 
 # %% ../nbs/00f_plots.ipynb #83355e28
 def plot_training_curves(history: History, title: str = "") -> Figure:
     "Loss and accuracy per epoch, train and validation; the kept epoch marked."
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = NotebookFigure(figsize=(10, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
     ep = history["epoch"]
     for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
@@ -46,7 +64,7 @@ def plot_confusion_matrix(
     k = len(class_names) if class_names else int(max(y_true.max(), y_pred.max())) + 1
     names = class_names or [str(i) for i in range(k)]
     cm = confusion_matrix(y_true, y_pred, labels=list(range(k)))
-    fig = Figure(figsize=(0.45 * k + 2, 0.45 * k + 1.5), layout="constrained")
+    fig = NotebookFigure(figsize=(0.45 * k + 2, 0.45 * k + 1.5), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -76,7 +94,7 @@ def plot_heatmaps(table: pd.DataFrame, keys: list[str], metric: str = "final_val
     done = table[table.state == "complete"]
     row_key, col_key = keys[0], keys[1] if len(keys) > 1 else keys[0]
     panels = sorted(done[keys[2]].unique()) if len(keys) > 2 else [None]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    fig = NotebookFigure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     vmin, vmax = done[metric].min(), done[metric].max()
     for ax, value in zip(axes, panels, strict=True):
@@ -137,7 +155,7 @@ def plot_parallel_coordinates(
         scaled.append(place(raw))
         labels.append([(float(place(np.array([x]))[0]), text) for x, text in _axis_labels(raw, log)])
     scaled = np.stack(scaled, 1)
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = NotebookFigure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     norm = mpl.colors.Normalize(done[metric].min(), done[metric].max())
     cmap = mpl.colormaps["viridis"]

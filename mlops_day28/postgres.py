@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -23,6 +24,7 @@ from .tracking_server import TrackingServerError
 __all__ = [
     "DATABASES",
     "NETWORK_HBA",
+    "LEFTOVERS",
     "PostgresError",
     "postgres_program",
     "postgres_user",
@@ -70,12 +72,14 @@ def postgres_user() -> dict:
 
 # %% ../nbs/00dc_postgres.ipynb #pg000006
 def connect(port: int, dbname: str = "postgres", timeout: int = 2):
+    "A connection to our cluster on loopback, as `mlflow` (trusted there), in autocommit."
     import psycopg
 
     return psycopg.connect(host=HOST, port=port, user="mlflow", dbname=dbname, connect_timeout=timeout, autocommit=True)
 
 
 def answers(port: int) -> bool:
+    "Whether our cluster on `port` takes a connection."
     try:
         connect(port).close()
     except Exception:
@@ -83,6 +87,7 @@ def answers(port: int) -> bool:
     return True
 
 
+# %% ../nbs/00dc_postgres.ipynb #pg000010
 def check_reachable(pg: Path) -> None:
     "Refuse, saying why, when the user PostgreSQL runs as cannot write to `pg` (a folder above it closed to others)."
     as_user = postgres_user()
@@ -120,6 +125,7 @@ def init_cluster(pg: Path, log: Path) -> None:
         raise PostgresError(f"initdb failed (exit {done.returncode}): {tail}; the whole log: {log}")
 
 
+# %% ../nbs/00dc_postgres.ipynb #pg000011
 def cluster_port(state: Path) -> int:
     "The port PostgreSQL had last time (kept in `.team/pg_port`, so storage URLs stay the same), if free; else a free one."
     with contextlib.suppress(OSError, ValueError):
@@ -148,6 +154,10 @@ def open_to_network(pg: Path, port: int) -> str:
     return password
 
 
+# %% ../nbs/00dc_postgres.ipynb #pg000012
+LEFTOVERS = ("pre-existing shared memory block", 'lock file "postmaster.pid" already exists')  # a crash's, exiting
+
+
 def start_postgres(pg: Path, log: Path, timeout: float, host: str = HOST) -> tuple[int, int, str | None]:
     "Start `postgres` on `pg` (the last port when free); (port, pid, the network's password or None) once it answers."
     port = cluster_port(pg.parent)
@@ -157,9 +167,16 @@ def start_postgres(pg: Path, log: Path, timeout: float, host: str = HOST) -> tup
             f.write(NETWORK_HBA)
     cmd = [str(postgres_program("postgres")), "-D", str(pg), "-p", str(port)]
     cmd += ["-c", f"listen_addresses={HOST}" + (f",{host}" if host != HOST else ""), "-c", "unix_socket_directories="]
-    proc = start_process(
-        cmd, "postgres", f"postgresql://{HOST}:{port}", lambda: answers(port), timeout, log, **postgres_user()
-    )
+    for tries_left in (2, 1, 0):  # after a crash, the killed postmaster's processes take a moment to exit
+        try:
+            proc = start_process(
+                cmd, "postgres", f"postgresql://{HOST}:{port}", lambda: answers(port), timeout, log, **postgres_user()
+            )
+            break
+        except ProcessError as e:
+            if not tries_left or not any(s in str(e) for s in LEFTOVERS):
+                raise
+            time.sleep(2)
     with connect(port) as c, c.cursor() as cur:
         for db in DATABASES:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))

@@ -139,6 +139,7 @@ def stop_process(
     for p in procs.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGCONT)  # a frozen process (SIGSTOP, Ctrl-Z) handles its SIGTERM only once it runs
     _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

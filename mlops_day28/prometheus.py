@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,6 +29,7 @@ from .processes import HOST, Process, free_port, http_get, wait_until
 # %% auto #0
 __all__ = [
     "promtool",
+    "Background",
     "launch",
     "ready_",
     "start_service",
@@ -55,8 +59,28 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
 
 def _stop_all() -> None:
     for proc, _ in list(_STARTED.values()):
-        if proc.popen.poll() is None:
-            proc.stop()
+        proc.stop()  # one that ended by itself still has its folder to remove
+
+
+def _stop_all_then_end(signum, frame) -> None:  # SIGTERM's handler in a process that launched some
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # then end as SIGTERM would have
+
+
+@dataclass
+class Background(Process):
+    "A process `launch` started; stopping it also removes its temporary folder (its log, and what it was given)."
+
+    folder: Path | None = None
+
+    def stop(self) -> None:
+        "Stop it and everything it started (SIGTERM, then SIGKILL after 10 s); remove its folder."
+        try:
+            super().stop()
+        finally:
+            if self.folder:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def launch(
@@ -67,9 +91,11 @@ def launch(
     timeout: float,
     wait: bool = True,
     env: dict[str, str] | None = None,  # its environment (default: this process's)
-) -> Process:
+    folder: Path | None = None,  # a temporary folder of its files, for its log too (default: a new one)
+) -> Background:
     "Start `cmd` in the background, tied to this process; wait until `ready` unless `wait` is False."
-    log = Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log"
+    folder = folder or Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    log = folder / f"{name}.log"
     tie = {"preexec_fn": _die_with_parent} if sys.platform == "linux" else {}
     with open(log, "ab") as out:
         popen = subprocess.Popen(
@@ -77,7 +103,10 @@ def launch(
         )
     if not _STARTED:
         atexit.register(_stop_all)
-    proc = Process(name, popen, url, log)
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _stop_all_then_end)
+    proc = Background(name, popen, url, log, folder)
     _STARTED[popen.pid] = (proc, ready)
     return ready_(proc, timeout) if wait else proc
 
@@ -101,7 +130,7 @@ def start_service(
     wait: bool = True,  # False: return at once; `ready_(service)` waits
     args: Sequence[str] = (),  # more options: `--workers 2`, `--set serving.reload_every=1`
     env: dict[str, str] | None = None,  # its environment (default: this process's)
-) -> Process:
+) -> Background:
     "Run `mlops-serve` on 127.0.0.1:`port` in the background and wait for /health."
     cmd = [str(Path(sys.executable).parent / "mlops-serve"), "--config", str(config), "--port", str(port), *args]
     url = f"http://{HOST}:{port}"
@@ -117,13 +146,13 @@ def start_prometheus(
     interval: str = "1s",
     timeout: float = 120,
     wait: bool = True,  # False: return at once; `ready_(prometheus)` waits until it scrapes every target
-) -> Process | None:
+) -> Background | None:
     "Run a Prometheus server on 127.0.0.1 scraping `targets`, with a throwaway data folder; None if not installed."
     binary = shutil.which("prometheus")
     if binary is None:
         return None
     port = port or free_port()
-    work = Path(tempfile.mkdtemp(prefix="prometheus-"))
+    work = Path(tempfile.mkdtemp(prefix="prometheus-"))  # its config, data and log: removed when it stops
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(Path(f).resolve()) for f in rule_files],
@@ -144,7 +173,7 @@ def start_prometheus(
         active = json.loads(answer[1])["data"]["activeTargets"] if answer and answer[0] == 200 else []
         return len(active) == len(targets) and all(t["health"] == "up" for t in active)
 
-    return launch(cmd, "prometheus", url, scraping, timeout, wait)
+    return launch(cmd, "prometheus", url, scraping, timeout, wait, folder=work)
 
 
 # %% ../nbs/06c_prometheus.ipynb #ed620817

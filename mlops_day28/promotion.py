@@ -5,11 +5,16 @@
 # %% ../nbs/02a_promotion.ipynb #6aadb602
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 
 from mlops_day28.registry import (
     CHALLENGER,
@@ -19,21 +24,27 @@ from mlops_day28.registry import (
     get_version,
     load_model,
     model_aliases,
+    model_architecture,
     require_alias,
+    set_description_part,
     version_for_alias,
 )
 
 from .coordination import server_lock
 from .errors import MlopsError
+from .lifecycle import quick_http
 
 # %% auto #0
 __all__ = [
+    "DECISION",
+    "UNFINISHED",
     "decide",
     "GateDecision",
     "evaluate_version",
     "champion_history",
     "SplitMismatch",
     "check_same_split",
+    "marking_unfinished",
     "promote_if_better",
     "update_model_description",
     "rollback",
@@ -95,6 +106,7 @@ def _set_champion(name: str, version: str, history: list[str]) -> None:
     c.set_registered_model_alias(name, CHAMPION, version)
 
 
+# %% ../nbs/02a_promotion.ipynb #9a7e0001
 class SplitMismatch(RegistryError):
     "Champion and challenger were tested on different rows; scoring both on one split would not be fair (exit code 2)."
 
@@ -116,6 +128,38 @@ def check_same_split(name: str, champion, challenger, split_digest: str | None =
         )
 
 
+# %% ../nbs/02a_promotion.ipynb #9a7e0003
+DECISION = "gate.decision"  # on a version: promoted, rejected, or unfinished (a gate began and has not decided)
+UNFINISHED = "unfinished"
+
+
+@contextlib.contextmanager
+def marking_unfinished(name: str, version: str) -> Iterator[None]:
+    "Mark `version`'s `gate.decision` unfinished while the block runs; put back what was there unless it decided."
+    client = MlflowClient()
+    before = client.get_model_version(name, version).tags.get(DECISION)
+    began = f"started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} by pid {os.getpid()} on {socket.gethostname()}"
+    mark = f"{UNFINISHED}: the gate {began}; if that process is gone, the gate did not finish"
+    client.set_model_version_tag(name, version, DECISION, mark)
+
+    def put_back() -> None:
+        if client.get_model_version(name, version).tags.get(DECISION) != mark:
+            return  # it decided
+        if before is None:
+            client.delete_model_version_tag(name, version, DECISION)
+        else:
+            client.set_model_version_tag(name, version, DECISION, before)
+
+    try:
+        yield
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the command says why; the version is left as it was
+        with contextlib.suppress(Exception), quick_http():  # a server that is gone keeps the mark: still true
+            put_back()
+        raise
+    put_back()
+
+
+# %% ../nbs/02a_promotion.ipynb #9a7e0004
 def promote_if_better(
     name: str,
     X: np.ndarray,
@@ -126,61 +170,67 @@ def promote_if_better(
     min_relative_improvement: float = 0.0,  # ... and by this fraction of the champion's accuracy
     split_digest: str | None = None,  # which split (X, y) is (`DataSplits.digest`); checked when given
 ) -> GateDecision:
-    "Move `champion` to the challenger only if it wins on (X, y); record the scores and decision as tags."
+    "Move `champion` to the challenger only if it wins on (X, y); record the scores and the decision."
     challenger = get_version(name, require_alias(name, CHALLENGER) if version is None else version)
-    acc, scores = None, {}
-    for _ in range(10):  # a compare-and-set: re-score whenever another command moved the champion meanwhile
-        champion = version_for_alias(name, CHAMPION)
-        check_same_split(name, champion, challenger, split_digest)
-        if acc is None:
-            acc = evaluate_version(name, challenger.version, X, y)
-        if champion and champion.version == challenger.version:
-            return GateDecision(False, challenger.version, acc, champion.version, acc, "already the champion")
-        if champion and champion.version not in scores:
-            scores[champion.version] = evaluate_version(name, champion.version, X, y)
-        champ_acc = scores[champion.version] if champion else None
-        promoted, reason = decide(acc, champ_acc, min_accuracy, min_improvement, min_relative_improvement)
-        if champion:
-            reason = reason.replace("vs champion", f"vs champion v{champion.version}")
-        decision = GateDecision(
-            promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
-        )
-        if not promoted:  # a rejection stands even if the champion moved: a new champion beat the old one
-            with server_lock(f"gate.{name}"):  # rejected challengers at once would race to tag the champion
+    with marking_unfinished(name, challenger.version):  # left on the version if this process dies mid-gate
+        acc, scores = None, {}
+        for _ in range(10):  # a compare-and-set: re-score whenever another command moved the champion meanwhile
+            champion = version_for_alias(name, CHAMPION)
+            check_same_split(name, champion, challenger, split_digest)
+            if acc is None:
+                acc = evaluate_version(name, challenger.version, X, y)
+            if champion and champion.version == challenger.version:
+                return GateDecision(False, challenger.version, acc, champion.version, acc, "already the champion")
+            if champion and champion.version not in scores:
+                scores[champion.version] = evaluate_version(name, champion.version, X, y)
+            champ_acc = scores[champion.version] if champion else None
+            promoted, reason = decide(acc, champ_acc, min_accuracy, min_improvement, min_relative_improvement)
+            if champion:
+                reason = reason.replace("vs champion", f"vs champion v{champion.version}")
+            decision = GateDecision(
+                promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
+            )
+            if not promoted:  # a rejection stands even if the champion moved: a new champion beat the old one
+                with server_lock(f"gate.{name}"):  # rejected challengers at once would race to tag the champion
+                    _record(name, decision)
+                return decision
+            with server_lock(f"gate.{name}"):
+                now = version_for_alias(name, CHAMPION)
+                if (now.version if now else None) != decision.champion:
+                    continue  # the champion changed since it was read: compare with the new one
                 _record(name, decision)
+                _set_champion(name, challenger.version, champion_history(name) + ([now.version] if now else []))
+            update_model_description(name)
             return decision
-        with server_lock(f"gate.{name}"):
-            now = version_for_alias(name, CHAMPION)
-            if (now.version if now else None) != decision.champion:
-                continue  # the champion changed since it was read: compare with the new one
-            _record(name, decision)
-            _set_champion(name, challenger.version, champion_history(name) + ([now.version] if now else []))
-        update_model_description(name)
-        return decision
-    raise MlopsError(
-        f"the champion of {name!r} kept changing while v{challenger.version} was scored; run the gate again"
-    )
+        raise MlopsError(
+            f"the champion of {name!r} kept changing while v{challenger.version} was scored; run the gate again"
+        )
 
 
 def _record(name: str, d: GateDecision) -> None:
-    "Write the gate's numbers and decision as tags on the challenger (and the champion it met)."
+    "Record the decision: a tag and a *Gate* paragraph on the challenger, its numbers on its run, a paragraph on the champion."
     c, stamp = MlflowClient(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     acc, champ_acc = d.challenger_accuracy, d.champion_accuracy
-    for k, v in {
-        "gate.decision": "promoted" if d.promoted else "rejected",
+    verdict = "promoted" if d.promoted else "rejected"
+    numbers = {
+        "gate.decision": verdict,
         "gate.accuracy": f"{acc:.4f}",
         "gate.compared_with": f"v{d.champion}" if d.champion else "none",
         "gate.compared_accuracy": f"{champ_acc:.4f}" if champ_acc is not None else "none",
         "gate.reason": d.reason,
         "gate.time": stamp,
-    }.items():
-        c.set_model_version_tag(name, d.challenger, k, v)
+    }
+    run_id = get_version(name, d.challenger).run_id
+    if run_id:  # a version registered from a folder has no run
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in numbers.items()])
+    set_description_part(name, d.challenger, "Gate", f"{verdict} at {stamp}: {d.reason}.")
+    c.set_model_version_tag(name, d.challenger, DECISION, verdict)  # last: it replaces the unfinished mark
     if d.champion:
-        c.set_model_version_tag(
+        set_description_part(
             name,
             d.champion,
-            "gate.last_challenge",
-            f"v{d.challenger} {'won' if d.promoted else 'lost'} at {stamp} ({acc:.4f} vs {champ_acc:.4f})",
+            "Last challenge",
+            f"v{d.challenger} {'won' if d.promoted else 'lost'} at {stamp} ({acc:.4f} vs {champ_acc:.4f}).",
         )
 
 
@@ -194,10 +244,11 @@ def update_model_description(name: str) -> str:
     )
     if champ:
         t = champ.tags
+        run = MlflowClient().get_run(champ.run_id) if champ.run_id else None
         text += (
-            f" Current champion: v{champ.version} ({t.get('architecture', '?')}), test accuracy "
-            f"{t.get('gate.accuracy', t.get('test_accuracy', '?'))} on the held-out test split, "
-            f"data sha256 {t.get('dataset_digest', '')[:12]}, run {t.get('run_id', '?')}."
+            f" Current champion: v{champ.version} ({model_architecture(run) if run else '?'}), test accuracy "
+            f"{t.get('test_accuracy', '?')} on the held-out test split, "
+            f"data sha256 {t.get('dataset_digest', '')[:12]}, run {champ.run_id or '?'}."
         )
     MlflowClient().update_registered_model(name, description=text)
     return text
@@ -217,11 +268,8 @@ def rollback(name: str) -> str:
     c.set_registered_model_tag(name, "champion_history", ",".join(history))
     c.set_registered_model_alias(name, CHAMPION, previous)
     if current:
-        c.set_model_version_tag(
-            name,
-            current.version,
-            "gate.rolled_back",
-            f"replaced by v{previous} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+        set_description_part(
+            name, current.version, "Rolled back", f"replaced by v{previous} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}."
         )
     update_model_description(name)
     return previous

@@ -5,6 +5,8 @@
 # %% ../nbs/02_registry.ipynb #b3286a68
 from __future__ import annotations
 
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,7 @@ from .lifecycle import quiet_registration
 __all__ = [
     "CHAMPION",
     "CHALLENGER",
+    "TRAINED",
     "RegistryError",
     "get_registered_model",
     "model_aliases",
@@ -32,6 +35,10 @@ __all__ = [
     "resolve_model_uri",
     "load_model",
     "model_metadata",
+    "description_parts",
+    "join_description",
+    "set_description_part",
+    "model_architecture",
     "describe_version",
     "register_run_model",
 ]
@@ -152,7 +159,10 @@ def load_model(
     ref = uri if isinstance(uri, ModelRef) else resolve_model_uri(uri)
     loader = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.pytorch.load_model
     try:
-        return loader(ref.load_uri)
+        if ref.version == "local":
+            return loader(ref.load_uri)
+        with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:  # MLflow never removes its own download folders
+            return loader(mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=tmp))
     except (MlflowException, OSError) as e:
         raise ModelLoadError(f"cannot load {ref.uri}: {getattr(e, 'message', e)}") from None
 
@@ -168,33 +178,65 @@ def model_metadata(uri: str | ModelRef) -> dict:
         raise ModelLoadError(f"cannot read the MLmodel file of {ref.uri}: {getattr(e, 'message', e)}") from None
 
 
+# %% ../nbs/02_registry.ipynb #868318d3
+TRAINED = "Trained"  # the description's paragraph about the run that made the version
+_PART = re.compile(r"\*\*([A-Z][a-z]+(?: [a-z]+)*)\*\*: (.*)", re.DOTALL)  # **Label**: text
+
+
+def description_parts(text: str | None) -> dict[str, str]:
+    "A description as {label: text}: one paragraph each, `**Label**: text`; a paragraph with no label is under ''."
+    parts = {}
+    for para in (text or "").split("\n\n"):
+        if para.strip():
+            m = _PART.fullmatch(para)
+            label, body = (m.group(1), m.group(2)) if m else ("", para)
+            parts[label] = f"{parts[label]}\n\n{body}" if label in parts else body
+    return parts
+
+
+def join_description(parts: dict[str, str]) -> str:
+    "The description made of `parts` (as `description_parts` reads it), a paragraph each."
+    return "\n\n".join(f"**{label}**: {body}" if label else body for label, body in parts.items())
+
+
+def set_description_part(name: str, version: str | int, label: str, text: str) -> ModelVersion:
+    "Write the paragraph `label: text` of a version's description, keeping its other paragraphs."
+    mv = get_version(name, version)
+    parts = {**description_parts(mv.description), label: text}
+    return MlflowClient().update_model_version(name, mv.version, description=join_description(parts))
+
+
+def model_architecture(run) -> str:
+    "The architecture a training run logged (its config's `model.architecture`)."
+    p = run.data.params
+    return p.get("architecture") or p.get("model.architecture", "?")
+
+
 # %% ../nbs/02_registry.ipynb #9ff5c5c1
 def describe_version(name: str, version: str | int) -> ModelVersion:
-    "Write a version's description and tags from its run: run id, dataset digest, test metrics."
+    "Write a version's tags (test accuracy, data and split digests) and its *Trained* paragraph from its run."
     c = MlflowClient()
     mv = get_version(name, version)
     run = c.get_run(mv.run_id)
     p, m = run.data.params, run.data.metrics
     digest = p.get("dataset_digest", "")
-    arch = p.get("architecture") or p.get("model.architecture", "?")
     acc, loss = m.get("test_accuracy"), m.get("test_loss")
-    tags = {"run_id": mv.run_id, "run_name": run.info.run_name, "architecture": arch, "dataset_digest": digest}
+    tags = {"dataset_digest": digest}
     if p.get("split_digest"):
         tags["split_digest"] = p["split_digest"]  # which rows it was tested on: the gate compares only like with like
-    tags.update({k: f"{v:.4f}" for k, v in (("test_accuracy", acc), ("test_loss", loss)) if v is not None})
+    if acc is not None:
+        tags["test_accuracy"] = f"{acc:.4f}"
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, v)
     score = (
         f"test accuracy {acc:.4f}, test loss {loss:.4f}" if acc is not None and loss is not None else "no test metrics"
     )
-    c.update_model_version(
-        name,
-        mv.version,
-        description=(
-            f"{arch} trained by run '{run.info.run_name}' ({mv.run_id}); {score} on the held-out test split; "
-            f"data sha256 {digest[:12]}."
-        ),
+    trained = (
+        f"{model_architecture(run)} by run `{run.info.run_name}` (`{mv.run_id}`); {score} on the held-out test "
+        f"split; data sha256 {digest[:12]}."
     )
+    parts = {k: v for k, v in description_parts(mv.description).items() if k}  # a hand-typed text is rewritten
+    c.update_model_version(name, mv.version, description=join_description({**parts, TRAINED: trained}))
     return c.get_model_version(name, mv.version)
 
 

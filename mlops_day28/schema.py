@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,8 +24,17 @@ from pydantic import (
 
 # %% auto #0
 __all__ = [
+    "MLFLOW_EXPERIMENT_NAME_MAX",
+    "MLFLOW_RUN_NAME_MAX",
+    "MLFLOW_MODEL_NAME_MAX",
+    "MLFLOW_PARAM_VALUE_MAX",
+    "Text",
+    "ExperimentName",
+    "RunName",
+    "ModelName",
     "DEFAULT_GRID",
     "find_project_root",
+    "mlflow_limit",
     "SplitsConfig",
     "DataConfig",
     "ModelConfig",
@@ -53,6 +64,50 @@ def find_project_root(
     return start
 
 
+# %% ../nbs/00_schema.ipynb #cde48033
+# MLflow's limits, in characters, from the installed MLflow (3.17): its checks (mlflow/utils/validation.py)
+# and the columns of its database tables (mlflow/store/*/dbmodels/models.py), which PostgreSQL enforces
+MLFLOW_EXPERIMENT_NAME_MAX = 256  # experiments.name is VARCHAR(256) (its own check allows 500)
+MLFLOW_RUN_NAME_MAX = 250  # runs.name is VARCHAR(250)
+MLFLOW_MODEL_NAME_MAX = 256  # registered_models.name is VARCHAR(256)
+MLFLOW_PARAM_VALUE_MAX = 6000  # validation.MAX_PARAM_VAL_LENGTH: a longer param value is cut to this
+
+
+def mlflow_limit(
+    limit: int,  # characters
+    what: str,  # what MLflow calls the string, for the message
+) -> AfterValidator:
+    "A pydantic check that refuses a string over MLflow's `limit` for `what`, in a message that names the limit."
+
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"{len(value):,} characters, over MLflow's limit of {limit:,} for {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+# %% ../nbs/00_schema.ipynb #877ea86a
+def _model_name_rules(name: str) -> str:
+    "MLflow's rules for a registered model name (`_validate_model_name`), checked before MLflow sees it."
+    shown = reprlib.repr(name)
+    if "/" in name or ":" in name:
+        raise ValueError(
+            f"{shown} has a '/' or ':', which MLflow refuses in a model name (and models:/NAME@ALIAS needs none)"
+        )
+    if not name.strip() or name == "." or name.startswith(".."):
+        raise ValueError(f"{shown}: MLflow refuses a model name that is blank, '.' or starts with '..'")
+    return name
+
+
+Text = Annotated[str, mlflow_limit(MLFLOW_PARAM_VALUE_MAX, "a param value (every config value is logged as one)")]
+ExperimentName = Annotated[str, Field(min_length=1), mlflow_limit(MLFLOW_EXPERIMENT_NAME_MAX, "an experiment name")]
+RunName = Annotated[str, mlflow_limit(MLFLOW_RUN_NAME_MAX, "a run name")]
+ModelName = Annotated[
+    str, mlflow_limit(MLFLOW_MODEL_NAME_MAX, "a registered model name"), AfterValidator(_model_name_rules)
+]
+
+
 # %% ../nbs/00_schema.ipynb #430e1b72
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
@@ -78,8 +133,8 @@ class SplitsConfig(_Section):
 class DataConfig(_Section):
     "Where the data is and how it is split."
 
-    dataset_path: str = "data/digits.csv"  # a CSV, a folder holding one CSV, or a folder of class sub-folders of images
-    label_column: str = "label"  # the CSV column holding the class
+    dataset_path: Text = "data/digits.csv"  # a CSV, a folder holding one CSV, or class sub-folders of images
+    label_column: Text = "label"  # the CSV column holding the class
     image_size: int | None = Field(None, gt=0)  # resize folder images to this square size (default: keep their size)
     splits: SplitsConfig = SplitsConfig()
     # The split is a property of the data, not of a training run: every model trained with the same
@@ -102,6 +157,7 @@ class DataConfig(_Section):
         return data
 
 
+# %% ../nbs/00_schema.ipynb #fc68a5fa
 class ModelConfig(_Section):
     "Which network to build."
 
@@ -127,18 +183,19 @@ class TrainingConfig(_Section):
     torch_threads: int = Field(1, gt=0)
 
 
+# %% ../nbs/00_schema.ipynb #a329ae4e
 class TrackingConfig(_Section):
     "What the tracked run is called and what it logs."
 
-    run_name: str = "baseline_model"
+    run_name: RunName = "baseline_model"
     log_model: bool = True  # log the trained model with the run
-    wandb_project: str = "mlops-day28"  # W&B project for the offline runs
+    wandb_project: Text = "mlops-day28"  # W&B project for the offline runs
 
 
 class RegistryConfig(_Section):
     "The registered model, and the champion/challenger gate that decides promotions."
 
-    model_name: str = "digits-classifier"  # name in the MLflow Model Registry
+    model_name: ModelName = "digits-classifier"  # name in the MLflow Model Registry
     register_challenger: bool = False  # pipeline: register the trained model as challenger and run the gate
     min_accuracy: float = Field(0.9, gt=0, le=1)  # test accuracy the first champion needs
     min_improvement: float = Field(0.0, ge=0, lt=1)  # a challenger must beat the champion by more than this (absolute)
@@ -156,24 +213,26 @@ class ModelTestsConfig(_Section):
     baseline_margin: float = Field(0.0, ge=0, lt=1)  # `--baseline`: the candidate may be worse by at most this much
 
 
+# %% ../nbs/00_schema.ipynb #49c22322
 class ServingConfig(_Section):
     "The model service (Exercise 6) and what it monitors."
 
-    model_uri: str | None = None  # default: models:/<registry.model_name>@champion; a local model folder works too
-    host: str = "127.0.0.1"  # loopback only: nothing outside this machine can reach it
+    model_uri: Text | None = None  # default: models:/<registry.model_name>@champion; a local model folder works too
+    host: Text = "127.0.0.1"  # loopback only: nothing outside this machine can reach it
     port: int = Field(8000, gt=0, lt=65536)
     max_batch: int = Field(256, gt=0)  # images per /predict request, at most
     max_body_bytes: int = Field(1_048_576, gt=0)  # a request body over this gets 413 before it is read in full
     accuracy_window: int = Field(200, gt=0)  # model_accuracy: rolling accuracy over the last N feedback labels
     drift_window: int = Field(300, gt=0)  # model_input_drift_psi: over the pixels of the last N images
     feedback_within: float = Field(86400.0, gt=0)  # seconds after a prediction that /feedback accepts its id
-    feedback_store: str | None = None  # SQLite file of feedback that replicas share; relative: in the project root
+    feedback_store: Text | None = None  # SQLite file of feedback that replicas share; relative: in the project root
     # (default: a temporary file for each mlops-serve and its workers)
     torch_threads: int = Field(1, gt=0)  # threads per forward pass: one request at a time gains nothing from more
     workers: int = Field(1, gt=0)  # server processes (`mlops-serve --workers`); metrics and feedback are shared
     reload_every: float = Field(30.0, ge=0)  # seconds between checks of the model's alias in the registry (0: never)
 
 
+# %% ../nbs/00_schema.ipynb #313877ab
 DEFAULT_GRID = {
     "training.learning_rate": [0.0001, 0.001, 0.01],
     "training.batch_size": [16, 32, 64],
@@ -184,12 +243,12 @@ DEFAULT_GRID = {
 class SweepConfig(_Section):
     "A hyperparameter sweep: the values to try, the strategy, and where trials are coordinated."
 
-    name: str = "hparam_sweep"  # the parent run's name; running a sweep of the same name again resumes it
+    name: RunName = "hparam_sweep"  # the parent run's name; running a sweep of the same name again resumes it
     strategy: Literal["grid", "tpe"] = "grid"  # every grid point, or Optuna's TPE sampler within the grid's ranges
     grid: dict[str, list[Any]] = Field(default_factory=lambda: dict(DEFAULT_GRID))  # dotted config key -> values
     n_trials: int | None = Field(None, gt=0)  # TPE budget (default: as many trials as the grid has points)
     n_jobs: int = Field(1, gt=0)  # worker processes on this machine
-    storage: str = "sqlite:///.mlflow/optuna.db"  # Optuna study storage; relative sqlite paths are in the project root
+    storage: Text = "sqlite:///.mlflow/optuna.db"  # Optuna study storage; relative sqlite paths are in the project root
     pruning: bool = True  # TPE: stop trials whose val accuracy is below the median at the same epoch
     worker_grace: int = Field(
         15, ge=2
@@ -209,7 +268,9 @@ class SweepConfig(_Section):
                 try:
                     adapter.validate_python(v)
                 except ValidationError as e:
-                    raise ValueError(f"{key} value {v!r} is not valid: {e.errors()[0]['msg']}") from None
+                    raise ValueError(
+                        f"{key} value {reprlib.repr(v)} is not valid: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+                    ) from None
         return grid
 
 
@@ -233,10 +294,11 @@ def _field_at(key: str):
     return field
 
 
+# %% ../nbs/00_schema.ipynb #85a00b76
 class Config(_Section):
     "The whole configuration of a training run."
 
-    experiment_name: str = "week5_project_optimization"  # MLflow experiment the runs go to
+    experiment_name: ExperimentName = "week5_project_optimization"  # MLflow experiment the runs go to
     seed: int = 42  # seeds Python, NumPy and torch (weights, dropout, shuffling); the split has data.split_seed
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     data: DataConfig = DataConfig()

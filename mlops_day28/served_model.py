@@ -5,13 +5,17 @@
 # %% ../nbs/06a_served_model.ipynb #b7a607b4
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 
 from .config import Config
 from .data import DataError, load_dataset, split_dataset
@@ -83,9 +87,13 @@ def _logged_digest(ref: ModelRef) -> str | None:
     return None  # a folder records no digest
 
 
-def input_profile(ref: ModelRef, cfg: Config | None = None) -> tuple[InputProfile, str]:
+def input_profile(
+    ref: ModelRef,
+    cfg: Config | None = None,
+    local: ModelRef | None = None,  # `ref`, its files already in a local folder (`_local_copy`)
+) -> tuple[InputProfile, str]:
     "The model's input profile and what checking it against the config's data found."
-    logged = model_metadata(ref).get("input_profile")
+    logged = model_metadata(local or ref).get("input_profile")
     try:
         ds = load_dataset(cfg) if cfg is not None else None
     except DataError:
@@ -114,13 +122,28 @@ def input_profile(ref: ModelRef, cfg: Config | None = None) -> tuple[InputProfil
     return profile, "made from the config's data (the model was logged without a profile)"
 
 
+@contextlib.contextmanager
+def _local_copy(ref: ModelRef) -> Iterator[ModelRef]:
+    "`ref`, read from a local folder: a registry's or a run's model downloaded into a temporary one, removed after."
+    if ref.version == "local":
+        yield ref
+        return
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:  # MLflow's own download folders are never removed
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=tmp)
+        except (MlflowException, OSError) as e:
+            raise ModelLoadError(f"cannot load {ref.uri}: {getattr(e, 'message', e)}") from None
+        yield replace(ref, load_uri=path)
+
+
 def load_served_model(
     uri: str,  # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a model folder
     cfg: Config | None = None,  # only for models logged without an input profile: their training data
 ) -> ServedModel:
     "Load `uri` for serving: the PyTorch module, which version it is, and its input profile."
     ref = resolve_model_uri(uri)
-    # the pt2 graph was exported in eval mode (and refuses .eval()); ModelLoadError names what is wrong
-    module = load_model(ref, flavor="pytorch")
-    profile, check = input_profile(ref, cfg)
+    with _local_copy(ref) as local:  # the files are read once, into memory, and nothing is left in the temp folder
+        # the pt2 graph was exported in eval mode (and refuses .eval()); ModelLoadError names what is wrong
+        module = load_model(local, flavor="pytorch")
+        profile, check = input_profile(ref, cfg, local)
     return ServedModel(module, ref.name, ref.version, uri, profile, check)

@@ -17,7 +17,7 @@ import psutil
 from .errors import one_line
 
 # %% auto #0
-__all__ = ["server_kind", "scan_server", "FoundServer", "server_log_reason"]
+__all__ = ["server_kind", "scan_server", "FoundServer", "server_log_reason", "declared_port", "frozen"]
 
 
 # %% ../nbs/00da_server_processes.ipynb #fb709e32
@@ -78,6 +78,7 @@ class FoundServer:
     procs: dict[int, str]  # pid -> what it is and why it counts, e.g. "uvicorn, process group 122"
     launcher: int | None = None  # the pid recorded in .mlflow/server.json
     launcher_gone: bool = False  # True when the recorded launcher died (kill -9?) but its server lives on
+    starting: bool = False  # True while none of them listens yet: a command is starting it and waits for /health
 
     def __str__(self) -> str:
         gone = f"; the recorded launcher {self.launcher} is gone" if self.launcher_gone else ""
@@ -109,3 +110,25 @@ def server_log_reason(uri: str) -> str | None:
         if found:
             return one_line(found[-1].strip(), 200)
     return None
+
+
+# %% ../nbs/00da_server_processes.ipynb #da000002
+def declared_port(cmd: list[str]) -> int | None:
+    "The port a server's command line says it listens on (`--port N`, `-p N`, `--bind HOST:N`), or None."
+    for i, arg in enumerate(cmd):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--port", "-p", "--bind", "-b"):
+            value = (value if eq else (cmd[i + 1] if i + 1 < len(cmd) else "")).rsplit(":", 1)[-1]
+            if value.isdigit():
+                return int(value)
+    return None
+
+
+def frozen(pids: list[int]) -> list[int]:
+    "Those of `pids` that are stopped (SIGSTOP, or Ctrl-Z in a terminal): alive, holding their ports, running nothing."
+    stopped = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                stopped.append(pid)
+    return stopped

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import TypeAdapter, ValidationError
@@ -38,16 +41,19 @@ from mlops_day28.payloads import (
 from .body_limit import BodyLimit
 from .config import Config, config_from_dict
 from .drift import PixelDrift
-from .feedback_store import FeedbackStore
+from .feedback_store import FeedbackStore, StoreUnavailable
 from .reload import AliasFollower, followed_alias, incompatibility
 from .served_model import ServedModel, load_served_model
+from .service_http import SHUTDOWN_TIMEOUT, ServiceProtocol, run_server, stopping
 from .service_metrics import LATENCY_BUCKETS, ServiceMetrics, multiprocess_metrics
 
 # %% auto #0
 __all__ = ["create_app", "serve_model", "worker_app"]
 
-
 # %% ../nbs/06_monitoring.ipynb #7d05db81
+_log = logging.getLogger("mlops_day28.serving")
+
+
 class _Serving:
     "What serves now: the model and its drift window, replaced together (requests read `now` once)."
 
@@ -116,7 +122,7 @@ def create_app(
             if multiprocess_metrics():
                 multiprocess.mark_process_dead(os.getpid())  # its live gauges (model_info) leave the sums
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI, with /docs' and /redoc's scripts, styles and icon served from the package
         title="mlops_day28 model service",
         version=model.version,
         description=f"Serves {model.name} ({model.uri}).",
@@ -174,7 +180,7 @@ def create_app(
 
     @app.post(
         "/feedback",
-        responses={200: {"model": FeedbackResponse}, **error_responses(400, 404, 409, 413, 422)},
+        responses={200: {"model": FeedbackResponse}, **error_responses(400, 404, 409, 413, 422, 503)},
         openapi_extra=request_body(feedback_model),
     )
     async def feedback(request: Request):
@@ -188,6 +194,9 @@ def create_app(
             correct, accuracy, window = await run_in_threadpool(store.record, pid, given.label)  # SQLite may wait
         except BadRequest as e:
             return refuse(e)
+        except StoreUnavailable as e:  # not recorded; the connection, and /predict, go on as before
+            _log.warning("/feedback answered 503: %s (%s)", e, store.path)
+            return JSONResponse({"detail": str(e), "reason": "feedback_store_unavailable"}, status_code=503)
         metrics.feedback.labels(correct=str(correct).lower()).inc()
         metrics.accuracy.set(accuracy)
         metrics.window.set(window)
@@ -226,6 +235,31 @@ def _store_path(cfg: Config) -> Path | None:
     return cfg.resolve(cfg.serving.feedback_store) if cfg.serving.feedback_store else None
 
 
+class _Stderr(logging.StreamHandler):
+    "A handler that writes to `sys.stderr` as it is when a line is logged (a test or a notebook may swap it)."
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
+class _WarningsToStderr:
+    "While entered, the service's warnings (a 503, a failed reload) go to stderr as uvicorn's do: one line each."
+
+    def __enter__(self):
+        from uvicorn.logging import DefaultFormatter
+
+        self.handler, self.before = _Stderr(), (_log.level, _log.propagate)
+        self.handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+        _log.addHandler(self.handler)
+        _log.setLevel(logging.WARNING)  # whatever the root logger's: mlflow.pytorch's import sets it to ERROR
+        _log.propagate = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _log.removeHandler(self.handler)
+        _log.setLevel(self.before[0])
+        _log.propagate = self.before[1]
+
+
 def serve_model(
     uri: str,  # the model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
     cfg: Config,  # serving settings
@@ -233,21 +267,22 @@ def serve_model(
     port: int = 8000,
     workers: int | None = None,  # processes (default: serving.workers)
 ) -> None:
-    "Load the model at `uri` and serve it with uvicorn until stopped: what `mlops-serve` runs."
+    "Load the model at `uri` and serve it with uvicorn until SIGTERM or Ctrl-C (then one line): what `mlops-serve` runs."
     import mlflow
     import uvicorn
 
     s, workers = cfg.serving, workers or cfg.serving.workers
     torch.set_num_threads(s.torch_threads)  # this process serves: its own setting, nobody else's
-    model = load_served_model(uri, cfg)  # a model that cannot be served stops here, once, not in every worker
     where = f"on http://{host}:{port} (docs: /docs, metrics: /metrics)"
     run = dict(host=host, port=port, log_level="warning", access_log=False)
-    with tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
+    run |= dict(http=ServiceProtocol, timeout_graceful_shutdown=SHUTDOWN_TIMEOUT)  # 06j_service_http
+    with stopping() as got, _WarningsToStderr(), tempfile.TemporaryDirectory(prefix="mlops-serve-") as tmp:
+        model = load_served_model(uri, cfg)  # a model that cannot be served stops here, once, not in every worker
         store_path = _store_path(cfg) or Path(tmp) / "feedback.db"
         if workers == 1:
             app = create_app(model, cfg, store=FeedbackStore(store_path, s.accuracy_window, s.feedback_within))
             print(f"serving {model.name} v{model.version} ({app.state.serving.now[0].inference}) {where}", flush=True)
-            return uvicorn.run(app, **run)
+            return run_server(uvicorn.Config(app, **run), got)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp, "metrics"))
         Path(tmp, "metrics").mkdir()
         spec = {
@@ -259,7 +294,7 @@ def serve_model(
         os.environ[_SPEC] = json.dumps({**spec, "tracking_uri": mlflow.get_tracking_uri()})
         print(f"serving {model.name} v{model.version} with {workers} worker processes {where}", flush=True)
         del model
-        uvicorn.run("mlops_day28.serving:worker_app", factory=True, workers=workers, **run)
+        run_server(uvicorn.Config("mlops_day28.serving:worker_app", factory=True, workers=workers, **run), got)
 
 
 def worker_app() -> FastAPI:
@@ -267,6 +302,7 @@ def worker_app() -> FastAPI:
     import mlflow
 
     spec = json.loads(os.environ[_SPEC])
+    _WarningsToStderr().__enter__()  # for the worker's life: the process exists to serve
     cfg = config_from_dict(spec["config"], source=spec["source"] or None)
     mlflow.set_tracking_uri(spec["tracking_uri"])
     torch.set_num_threads(cfg.serving.torch_threads)

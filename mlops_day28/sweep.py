@@ -18,6 +18,15 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from mlops_day28.coordination import (
+    HOST_TAG,
+    PID_TAG,
+    ensure_experiment,
+    heartbeat,
+    owner_tags,
+    presumed_dead,
+    server_lock,
+)
 from mlops_day28.trials import (
     TrialResult,
     abandon_dead_trials,
@@ -34,7 +43,6 @@ from mlops_day28.trials import (
 )
 
 from .config import Config, flatten_config, with_values
-from .coordination import ensure_experiment, heartbeat, owner_tags, presumed_dead, server_lock
 from .errors import InputError
 from .lifecycle import closing_run
 from .plots import plot_heatmaps, plot_parallel_coordinates
@@ -100,7 +108,7 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
                 )
             if parent.info.status == "RUNNING" and not presumed_dead(tags):
                 raise SweepError(
-                    f"sweep {name!r} is running now (pid {tags.get('mlops.pid', '?')} on {tags.get('mlops.host', '?')}); "
+                    f"sweep {name!r} is running now (pid {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, '?')}); "
                     "refusing to start a second one of the same name: wait for it to finish (this command then "
                     f"resumes it), or set another sweep.name (e.g. --set sweep.name={name}_2)"
                 )

@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from .coordination import HOST_TAG, PID_TAG
 from .team_server import TeamServer, recorded_team_server, start_team_server, team_status
 from .trials import sweep_children
 
@@ -49,7 +50,7 @@ def kill_mid_trial(
             raise RuntimeError(f"every worker of {sweep_name!r} ended before one was seen in a trial")
         experiment = experiment or client.get_experiment_by_name(experiment_name)
         for run in client.search_runs([experiment.experiment_id], running) if experiment else []:
-            name = pids.get(run.data.tags.get("mlops.pid", ""))
+            name = pids.get(run.data.tags.get(PID_TAG, ""))
             if name is None or workers[name].poll() is not None:
                 continue  # the parent run, or a worker that is not ours
             os.kill(workers[name].pid, signal.SIGSTOP)
@@ -80,7 +81,7 @@ def trials_by_worker(
     names = {str(pid): w for w, pid in (workers or {}).items()}
     rows = []
     for run in sweep_children(parent_id):
-        tags, host, pid = run.data.tags, run.data.tags.get("mlops.host", "?"), run.data.tags.get("mlops.pid", "?")
+        tags, host, pid = run.data.tags, run.data.tags.get(HOST_TAG, "?"), run.data.tags.get(PID_TAG, "?")
         rows.append(
             {
                 "started": pd.Timestamp(run.info.start_time, unit="ms"),

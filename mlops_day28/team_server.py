@@ -11,15 +11,17 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
 from .config import find_project_root
 from .errors import InputError
-from .postgres import init_cluster, start_postgres, stop_postgres
-from .processes import HOST, ProcessError, port_is_open, start_process, stop_process
+from .postgres import answers, init_cluster, start_postgres, stop_postgres
+from .processes import HOST, ProcessError, http_get, port_is_open, start_process, stop_process
 from .tracking_server import TrackingServerError, mlflow_version_at
 
 # %% auto #0
@@ -29,6 +31,11 @@ __all__ = [
     "team_port",
     "TeamServer",
     "recorded_team_server",
+    "store_answers",
+    "postgres_down",
+    "database_down",
+    "start_team_mlflow",
+    "revive_team_server",
     "start_team_server",
     "stop_team_server",
     "team_status",
@@ -64,6 +71,7 @@ class TeamServer:
     pg_pid: int | None = None
     mlflow_pid: int | None = None
     started: list[str] = field(default_factory=list)  # what this call started
+    restarted: str = ""  # what this call found dead and started again, and why (never recorded)
 
     def line(self) -> str:
         "One line: what answers where, and which processes."
@@ -86,38 +94,36 @@ def _alive(pid: int | None, program: str) -> bool:
     return False
 
 
-# %% ../nbs/00db_team_server.ipynb #ts000009
-def start_team_server(
-    root: str | Path | None = None,  # the project whose .team/ holds the state (default: this one)
-    port: int | None = None,  # the MLflow server's port (default: $MLFLOW_TEAM_PORT, else 5001)
-    timeout: float = 180.0,  # seconds to wait for each server (MLflow makes its tables on the first start)
-    host: str = HOST,  # the address MLflow listens on: loopback, or this machine's address on the team's network
-) -> TeamServer:
-    "Start PostgreSQL (unless `$MLFLOW_BACKEND_STORE_URI` names one) and an MLflow server on it; or find them running."
-    port = port or team_port()
-    state, uri = team_dir(root), f"http://{host}:{port}"
-    rec = recorded_team_server(root)
-    if rec and _alive(rec.mlflow_pid, "mlflow") and mlflow_version_at(rec.uri):
-        if rec.uri != uri:
-            raise TrackingServerError(
-                f"the team server already runs at {rec.uri}; use it, or stop it first (make team-stop)"
-            )
-        return replace(rec, started=[])
-    if port_is_open(port, host):
-        what = "an MLflow server that is not this project's team server" if mlflow_version_at(uri) else "something else"
-        raise TrackingServerError(
-            f"port {port} on {host} is in use by {what}; pick another: MLFLOW_TEAM_PORT={port + 1}"
-        )
-    if rec and _alive(rec.pg_pid, "postgres"):  # the MLflow server died and left its database running
-        stop_postgres(rec.pg_pid)
-    (state / "artifacts").mkdir(parents=True, exist_ok=True)
-    backend, optuna, pg_port, pg_pid, started = os.environ.get("MLFLOW_BACKEND_STORE_URI"), None, None, None, []
-    if not backend:
-        init_cluster(state / "pg", state / "postgres.log")
-        pg_port, pg_pid, password = start_postgres(state / "pg", state / "postgres.log", timeout, host)
-        backend = f"postgresql://mlflow@{HOST}:{pg_port}/mlflow"
-        who = f"mlflow:{password}@{host}" if password else f"mlflow@{HOST}"  # other machines need the password
-        optuna, started = f"postgresql://{who}:{pg_port}/optuna", ["postgres"]
+# %% ../nbs/00db_team_server.ipynb #ts000011
+def store_answers(uri: str) -> int | None:
+    "The HTTP status of a query that reads the MLflow server's store at `uri` (200: it reads it); None if nothing answers."
+    got = http_get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", timeout=5)
+    return got[0] if got else None
+
+
+def postgres_down(server: TeamServer) -> str | None:
+    "Why our PostgreSQL is down, in a phrase; None when it runs and takes a connection, or the database is not ours."
+    if server.pg_pid is None:
+        return None
+    if not _alive(server.pg_pid, "postgres"):
+        return f"PostgreSQL (pid {server.pg_pid}) is not running"
+    if not answers(server.pg_port):
+        return f"PostgreSQL (pid {server.pg_pid}) does not answer on 127.0.0.1:{server.pg_port}"
+    return None
+
+
+def database_down(server: TeamServer) -> str | None:
+    "Why the team server's database is down, in a phrase: our PostgreSQL, else a query through MLflow; None if it answers."
+    if why := postgres_down(server):
+        return why
+    status = store_answers(server.uri)
+    return f"the MLflow server cannot read it (HTTP {status})" if status not in (None, 200) else None
+
+
+# %% ../nbs/00db_team_server.ipynb #ts000013
+def start_team_mlflow(state: Path, backend: str, host: str, port: int, timeout: float) -> int:
+    "Start `mlflow server` on `backend`, storing artifacts in `state/artifacts`; its pid once it answers."
+    uri = f"http://{host}:{port}"
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [mlflow_bin, "server", "--workers", "2", "--backend-store-uri", backend]
     cmd += ["--artifacts-destination", str((state / "artifacts").resolve()), "--host", host, "--port", str(port)]
@@ -134,18 +140,116 @@ def start_team_server(
             cwd=state,
         )
     except ProcessError as e:
-        if pg_pid:
-            stop_postgres(pg_pid)
         raise TrackingServerError(f"the team's MLflow server did not start: {e}") from None
-    shown = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", backend)  # never a password in the record or a message
-    server = TeamServer(
-        uri, shown, str(state / "artifacts"), optuna, pg_port, pg_pid, proc.popen.pid, [*started, "mlflow"]
-    )
-    (state / "server.json").write_text(json.dumps(asdict(server)))
-    (state / "server.json").chmod(0o600)  # with --host, the storage URL in it holds the network's password
+    return proc.popen.pid
+
+
+def _record(server: TeamServer, state: Path) -> TeamServer:
+    "Write `server` to `.team/server.json` (readable by its owner only: a storage URL may hold a password); `server`."
+    (state / "server.json").write_text(json.dumps(asdict(replace(server, restarted=""))))
+    (state / "server.json").chmod(0o600)
     return server
 
 
+# %% ../nbs/00db_team_server.ipynb #ts000014
+def revive_team_server(rec: TeamServer, state: Path, up: bool, timeout: float) -> TeamServer | None:
+    "The recorded team server, with what died of it started again; None when it must start afresh (both died)."
+    pg_down, host, port = postgres_down(rec), urlsplit(rec.uri).hostname, urlsplit(rec.uri).port
+    if rec.pg_pid is None or (pg_down and not up):  # a database of your own, or nothing left to keep
+        if up and store_answers(rec.uri) != 200:
+            raise TrackingServerError(
+                f"the team MLflow server at {rec.uri} runs, but its database ({rec.backend}) does not answer; "
+                "it is not this project's to restart: bring it back, then run this again"
+            )
+        return replace(rec, started=[], restarted="") if up else None
+    server, notes = replace(rec, started=[], restarted=""), []
+    if pg_down:
+        hung = _alive(rec.pg_pid, "postgres")
+        if hung:
+            stop_postgres(rec.pg_pid)  # running, but it takes no connection
+        pg_port, pg_pid, _ = start_postgres(state / "pg", state / "postgres.log", timeout, host)
+        backend = f"postgresql://mlflow@{HOST}:{pg_port}/mlflow"
+        optuna = (rec.optuna or "").replace(f":{rec.pg_port}/", f":{pg_port}/") or None
+        server = replace(server, backend=backend, optuna=optuna, pg_port=pg_port, pg_pid=pg_pid, started=["postgres"])
+        _record(server, state)  # recorded at once: make team-stop finds it even if MLflow fails to start next
+        notes.append(f"PostgreSQL (pid {rec.pg_pid} {'took no connection' if hung else 'was not running'})")
+        up = up and pg_port == rec.pg_port  # on another port, MLflow's store URI is out of date
+    reads = up and _store_reads(rec.uri, 15 if pg_down else 0)  # MLflow reconnects to a database that came back
+    if not reads:
+        if _alive(rec.mlflow_pid, "mlflow"):
+            stop_process(rec.mlflow_pid)  # with its workers and process group
+        pid = start_team_mlflow(state, server.backend, host, port, timeout)
+        server = replace(server, mlflow_pid=pid, started=[*server.started, "mlflow"])
+        notes.append(f"MLflow (pid {rec.mlflow_pid} {'could not read its database' if up else 'was down'})")
+    if not notes:
+        return server
+    return _record(replace(server, restarted=" and ".join(notes)), state)
+
+
+def _store_reads(uri: str, wait: float) -> bool:
+    "Whether MLflow at `uri` reads its store, asking for up to `wait` seconds."
+    deadline = time.monotonic() + wait
+    while store_answers(uri) != 200:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+# %% ../nbs/00db_team_server.ipynb #ts000009
+def start_team_server(
+    root: str | Path | None = None,  # the project whose .team/ holds the state (default: this one)
+    port: int | None = None,  # the MLflow server's port (default: $MLFLOW_TEAM_PORT, else 5001)
+    timeout: float = 180.0,  # seconds to wait for each server (MLflow makes its tables on the first start)
+    host: str = HOST,  # the address MLflow listens on: loopback, or this machine's address on the team's network
+) -> TeamServer:
+    "Start PostgreSQL (unless `$MLFLOW_BACKEND_STORE_URI` names one) and an MLflow server on it; or find them, and restart what died."
+    port = port or team_port()
+    state, uri = team_dir(root), f"http://{host}:{port}"
+    rec = recorded_team_server(root)
+    up = rec is not None and _alive(rec.mlflow_pid, "mlflow") and mlflow_version_at(rec.uri) is not None
+    if up and rec.uri != uri:
+        raise TrackingServerError(
+            f"the team server already runs at {rec.uri}; use it, or stop it first (make team-stop)"
+        )
+    if rec and rec.uri == uri and (kept := revive_team_server(rec, state, up, timeout)):
+        return kept
+    backend = os.environ.get("MLFLOW_BACKEND_STORE_URI")
+    if rec and rec.pg_pid is None and not backend:
+        raise InputError(
+            f"the team server ran on a database of your own ({rec.backend}): "
+            "name it again in MLFLOW_BACKEND_STORE_URI, then run this again"
+        )
+    if rec and _alive(rec.mlflow_pid, "mlflow"):
+        stop_process(rec.mlflow_pid)  # it runs, but does not answer
+    if port_is_open(port, host):
+        what = "an MLflow server that is not this project's team server" if mlflow_version_at(uri) else "something else"
+        raise TrackingServerError(
+            f"port {port} on {host} is in use by {what}; pick another: MLFLOW_TEAM_PORT={port + 1}"
+        )
+    if rec and _alive(rec.pg_pid, "postgres"):  # the MLflow server died and left its database running
+        stop_postgres(rec.pg_pid)
+    (state / "artifacts").mkdir(parents=True, exist_ok=True)
+    optuna, pg_port, pg_pid, started = None, None, None, []
+    if not backend:
+        init_cluster(state / "pg", state / "postgres.log")
+        pg_port, pg_pid, password = start_postgres(state / "pg", state / "postgres.log", timeout, host)
+        backend = f"postgresql://mlflow@{HOST}:{pg_port}/mlflow"
+        who = f"mlflow:{password}@{host}" if password else f"mlflow@{HOST}"  # other machines need the password
+        optuna, started = f"postgresql://{who}:{pg_port}/optuna", ["postgres"]
+    try:
+        mlflow_pid = start_team_mlflow(state, backend, host, port, timeout)
+    except TrackingServerError:
+        if pg_pid:
+            stop_postgres(pg_pid)
+        raise
+    shown = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", backend)  # never a password in the record or a message
+    dead = "MLflow and PostgreSQL (both were down)" if rec and rec.uri == uri and rec.pg_pid else ""
+    server = TeamServer(uri, shown, str(state / "artifacts"), optuna, pg_port, pg_pid, mlflow_pid, [*started, "mlflow"])
+    return _record(replace(server, restarted=dead), state)
+
+
+# %% ../nbs/00db_team_server.ipynb #ts000015
 def stop_team_server(root: str | Path | None = None) -> str | bool:
     "Stop the team server's processes by pid (MLflow, then PostgreSQL); a sentence, or False if none ran."
     rec, record = recorded_team_server(root), team_dir(root) / "server.json"
@@ -162,15 +266,21 @@ def stop_team_server(root: str | Path | None = None) -> str | bool:
     return f"stopped the team server: {', '.join(stopped)}" if stopped else False
 
 
+# %% ../nbs/00db_team_server.ipynb #ts000016
 def team_status(root: str | Path | None = None) -> tuple[bool, str]:
-    "(whether the team server answers, one line saying what runs)."
+    "(whether the team server answers and reads its database, one line saying what runs, or what is down and what to do)."
     rec = recorded_team_server(root)
     if rec is None:
         return False, "no team server recorded in .team/server.json (make team starts one)"
-    up, pg = mlflow_version_at(rec.uri) is not None, rec.pg_pid is None or _alive(rec.pg_pid, "postgres")
-    if up and pg:
+    up, down = mlflow_version_at(rec.uri) is not None, database_down(rec)
+    if up and not down:
         return True, rec.line()
-    return (
-        False,
-        f"the team server recorded in .team/server.json is {'up' if up else 'down'}, its database {'up' if pg else 'down'}: make team-stop, then make team",
-    )
+    server = f"the team MLflow server at {rec.uri} (pid {rec.mlflow_pid})"
+    if up and rec.pg_pid is None:
+        return False, f"{server} answers /health, but its database ({rec.backend}) is down: {down}; bring it back"
+    if up:  # /health is OK without the database: it is not the whole answer
+        return False, f"{server} answers /health, but its database is down: {down}; make team restarts it"
+    if down:
+        return False, f"{server} is down, and its database too: {down}; make team restarts both"
+    db = f"PostgreSQL, pid {rec.pg_pid}, on 127.0.0.1:{rec.pg_port}" if rec.pg_pid else rec.backend
+    return False, f"{server} is down; its database runs ({db}); make team restarts the server"

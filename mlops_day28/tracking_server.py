@@ -12,13 +12,14 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 
 from .errors import InputError, MlopsError
 from .processes import HOST, ProcessError, http_get, port_is_open, start_process, stop_process, wait_until
 from .schema import find_project_root
-from .server_processes import FoundServer, scan_server, server_kind
+from .server_processes import FoundServer, declared_port, frozen, scan_server, server_kind
 
 # %% auto #0
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "server_status",
     "database_users",
     "reset_refusal",
+    "silent_server",
     "ensure_tracking_server",
     "check_tracking_server",
     "setup_mlflow",
@@ -98,15 +100,16 @@ def start_tracking_server(
     uri = f"http://{HOST}:{port}"
     state = state_dir(root)
     running = find_tracking_server(root)  # also one whose recorded launcher is gone
+    if running and running.starting and running.port == port:  # another command is starting it: wait, then reuse
+        running = _await_start(running, uri, root, timeout)
     if running and running.uri != uri:
-        raise TrackingServerError(
-            f"this project's MLflow server is already running at {running.uri or 'no port'} ({running}); "
-            f"use it (MLFLOW_PORT={running.port}) or stop it first (make stop)"
-        )
+        raise TrackingServerError(_runs_elsewhere(running))
     if port_is_open(port):
         if mlflow_version_at(uri):
             pid = running.launcher if running and not running.launcher_gone else None
             return TrackingServer(uri=uri, pid=pid, root=str(state), port=port)
+        if running:  # this project's own server holds the port, and does not answer
+            raise TrackingServerError(f"the MLflow server at {uri} does not answer: {_silence(uri, running)}")
         raise TrackingServerError(
             f"port {port} on {HOST} is in use by something that is not an MLflow server "
             f"(on macOS, AirPlay Receiver uses 5000). Pick another port: MLFLOW_PORT={port + 1} make workbook"
@@ -157,11 +160,18 @@ def find_tracking_server(
     if not found:
         return None
     listening = sorted(set().union(*(ports for _, _, ports in found.values())))
-    at = rec.port if rec and (rec.port in listening or not listening) else (listening or [None])[0]
+    declared = sorted({q for p, _, _ in found.values() if (q := _declared(p))})  # where one that starts will listen
+    at = rec.port if rec and (rec.port in listening or not listening) else (listening or declared or [None])[0]
     procs, launcher = {pid: why for pid, (_, why, _) in found.items()}, rec and rec.pid
-    return FoundServer(
-        f"http://{HOST}:{at}" if at else "", at, procs, launcher, bool(launcher) and launcher not in procs
-    )
+    gone = bool(launcher) and launcher not in procs
+    return FoundServer(f"http://{HOST}:{at}" if at else "", at, procs, launcher, gone, starting=not listening)
+
+
+def _declared(p: psutil.Process) -> int | None:
+    "The port `p`'s command line names (None if it names none, or `p` is gone)."
+    with contextlib.suppress(psutil.Error):
+        return declared_port(p.cmdline())
+    return None
 
 
 def recorded_server(root: str | Path | None = None) -> TrackingServer | None:
@@ -224,7 +234,7 @@ def server_status(
     if not found or found.uri not in (uri, ""):  # none of this project's runs, or it runs on another port
         return version, what + (f" (this project's server is at {found.uri})" if found else "")
     if not version:
-        return None, f"no MLflow server answers at {uri}, but this project's server still runs: {found} (make stop)"
+        return None, f"no MLflow server answers at {uri}: {_silence(uri, found)}"
     if found.launcher and not found.launcher_gone:
         return version, f"{what} (pid {found.launcher})"
     return version, f"{what}, served by {found}; make stop stops it"
@@ -253,6 +263,61 @@ def reset_refusal(root: str | Path | None = None) -> str | None:
     return f"refusing to reset: {listed} {uses} .mlflow/mlflow.db; stop it first (make stop, or kill {pids})"
 
 
+# %% ../nbs/00d_tracking_server.ipynb #d0c1a002
+def _silence(uri: str, found: FoundServer | None) -> str:
+    "Why nothing answers at `uri`, and what to do (one clause); `found`: this project's server, if it runs."
+    port, local = urlparse(uri).port, urlparse(uri).hostname in (HOST, "localhost")
+    if found and found.port in (port, None):  # None: it listens nowhere and names no port
+        ours = found.launcher and not found.launcher_gone
+        named = (
+            f"the server in .mlflow/server.json, pid {found.launcher}" if ours else f"this project's server: {found}"
+        )
+        if found.starting:
+            return f"it is still starting ({named}); wait a few seconds (make status says when it answers)"
+        how = ", frozen (stopped by SIGSTOP or Ctrl-Z)" if frozen(list(found.procs)) else ""
+        return f"it accepts connections but sends no reply; it is {named}{how}: make stop, then make mlflow"
+    if local and port and port_is_open(port):
+        return f"something accepts connections on port {port} but does not answer as MLflow (hung, or another program)"
+    if local and port:
+        return f"nothing listens on port {port}"
+    return "it does not answer GET /health within 2 s"
+
+
+def silent_server(
+    uri: str,
+    root: str | Path | None = None,  # the project whose own server to recognise (default: this one)
+) -> str | None:
+    "Why the MLflow server at `uri` does not answer, and what to do, in one clause; None when it answers."
+    if not uri.startswith(("http://", "https://")) or mlflow_version_at(uri):
+        return None
+    return _silence(uri, find_tracking_server(root) if urlparse(uri).hostname in (HOST, "localhost") else None)
+
+
+def _runs_elsewhere(running: FoundServer) -> str:
+    "The refusal when this project's server runs, or is starting, on another port than the one asked for."
+    state = "is still starting at" if running.starting else "is already running at"
+    use = f"use it (MLFLOW_PORT={running.port}) or " if running.port else ""
+    return (
+        f"this project's MLflow server {state} {running.uri or 'no port'} ({running}); {use}stop it first (make stop)"
+    )
+
+
+def _await_start(running: FoundServer, uri: str, root: str | Path | None, timeout: float) -> FoundServer | None:
+    "Wait while another command starts this project's server at `uri`; what runs then (None: it died meanwhile)."
+
+    def done() -> bool:
+        return mlflow_version_at(uri) is not None or find_tracking_server(root) is None
+
+    try:
+        wait_until(done, timeout, "this project's MLflow server", interval=0.5)
+    except ProcessError:
+        raise TrackingServerError(
+            f"this project's MLflow server at {uri} was still starting after {timeout:.0f} s ({running}); "
+            "see .mlflow/server.log, or make stop, then make mlflow"
+        ) from None
+    return find_tracking_server(root)
+
+
 # %% ../nbs/00d_tracking_server.ipynb #43f107a5
 def ensure_tracking_server(
     root: str | Path | None = None,  # project whose .mlflow/ to use when starting one
@@ -270,6 +335,10 @@ def check_tracking_server(
 ) -> TrackingServer:
     "A tracking server at `uri` that answers; `TrackingServerError` (in seconds, not minutes) if it does not."
     if uri.startswith(("http://", "https://")) and not mlflow_version_at(uri):
+        local = urlparse(uri).hostname in (HOST, "localhost")
+        found = find_tracking_server() if local else None  # this project's own server, hung or starting?
+        if found and found.port == urlparse(uri).port:
+            raise TrackingServerError(f"{variable}={uri} does not answer: {_silence(uri, found)}")
         raise TrackingServerError(
             f"{variable}={uri} does not answer as an MLflow server (GET /health). "
             "Start it, or unset the variable to let the workbook start a local one."

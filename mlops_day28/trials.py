@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from .config import config_from_dict, flatten_config, with_values
-from .coordination import heartbeat, owner_tags, presumed_dead
+from .coordination import PID_TAG, heartbeat, owner_tags, presumed_dead
 from .errors import MlopsError
 from .lifecycle import Terminated, TrackingServerLost, describe_failure, end_run
 from .tracking import MLflowEpochLogger
@@ -266,7 +266,7 @@ def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]
     deadline = time.monotonic() + wait
     while any(c.info.status == "RUNNING" and not presumed_dead(c.data.tags) for c in unfinished):
         if time.monotonic() > deadline:  # a live worker of this sweep: never touch its trial
-            live = [c.data.tags.get("mlops.pid") for c in unfinished if not presumed_dead(c.data.tags)]
+            live = [c.data.tags.get(PID_TAG) for c in unfinished if not presumed_dead(c.data.tags)]
             raise MlopsError(
                 f"trials of this sweep are still running in processes {', '.join(live)}; "
                 "wait for them to end, or stop them, then run the sweep again"

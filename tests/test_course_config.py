@@ -91,7 +91,9 @@ def test_the_fixed_course_file_passes_check_config(tmp_path, capsys):
     assert cli.check_config([str(cfg)]) == 0
     out, lines = errors(capsys)
     assert lines == []
-    assert out.strip() == f"{cfg}: ok (resnet18, 20 epochs, batch 32, lr 0.001)"
+    assert out.strip() == (
+        f"{cfg}: ok (resnet18, 20 epochs, batch 32, lr 0.001; data/digits.csv: 1,797 rows, 10 classes, split 1,257/270/270)"
+    )
 
 
 # --- data.train_split / val_split / test_split ---

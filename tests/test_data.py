@@ -5,11 +5,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from mlops_day28.data import load_csv_dataset, load_dataset, split_dataset
-from mlops_day28.schema import Config, DataConfig
+from mlops_day28.conflicts import config_conflicts
+from mlops_day28.data import DataError, check_classes, csv_line, load_csv_dataset, load_dataset, split_dataset
+from mlops_day28.schema import Config, DataConfig, SplitsConfig
 from mlops_day28.training import prepare_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +101,142 @@ def test_too_few_rows_to_stratify_is_explained(tmp_path):
     ds = load_csv_dataset(tmp_path / "few.csv")
     with pytest.raises(ValueError, match="cannot split 4 rows of 2 classes"):
         split_dataset(ds)
+
+
+# --- errors that name the line (the file's, the header is line 1) and the column ---
+
+
+def write(tmp_path, text: str, name: str = "d.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def refusal(path: Path) -> str:
+    "What `load_csv_dataset` says of `path`, the path itself left out."
+    with pytest.raises(DataError) as e:
+        load_csv_dataset(path)
+    return str(e.value).removeprefix(str(path))
+
+
+def test_csv_line_is_the_line_an_editor_shows(tmp_path):
+    path = write(tmp_path, '\nx,label\n1,a\n\n   \n2,"b\nc"\n3,d\n')  # blank lines, a value on two lines
+    assert len(pd.read_csv(path)) == 3
+    assert [csv_line(path, row) for row in range(3)] == [3, 6, 8]
+
+
+def test_an_empty_file_and_a_header_only_file_say_so(tmp_path):
+    assert refusal(write(tmp_path, "")) == ": the file is empty; a CSV needs a header line and one row per example"
+    assert refusal(write(tmp_path, "\n\n")) == ": the file is empty; a CSV needs a header line and one row per example"
+    header = refusal(write(tmp_path, "a,b,label\n"))
+    assert header == ": no rows, only the header line; a CSV needs one row per example under it"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a,b,label\n1,2,0\n3,,1\n", " line 3 (the header is line 1), column 'b': no value (empty)"),
+        ("a,b,label\n1,2,0\n3,NaN,1\n", " line 3 (the header is line 1), column 'b': no value ('NaN')"),
+        ("a,b,label\n1,2,\n", " line 2 (the header is line 1), column 'label': no value (empty)"),
+        (
+            "a,b,label\n1,2,0\n\n3\n",
+            " line 4 (the header is line 1): 1 values for the header's 3 columns, none for 'b' or after it",
+        ),
+        (
+            "a,b,label\n1,2,0\n3,4\n",
+            " line 3 (the header is line 1): 2 values for the header's 3 columns, none for 'label'",
+        ),
+        ("a,b,label\n1,2,0\n3,4,1,5\n", " line 3 (the header is line 1): 4 values for the header's 3 columns"),
+        (
+            "a,b,label\n1,2,0\n3,x,1\n",
+            " line 3 (the header is line 1), column 'b': 'x' is not a number; feature columns must be numeric",
+        ),
+        (
+            "a,b,label\n1,2,0\n3,inf,1\n",
+            " line 3 (the header is line 1), column 'b': inf is not a finite float32 number",
+        ),
+        (
+            "a,b,label\n1,2,0\n3,4e40,1\n",
+            " line 3 (the header is line 1), column 'b': 4e+40 is not a finite float32 number",
+        ),
+        (
+            "a,b,label\n1,,0\n2,,0\n3,,1\n",
+            " line 2 (the header is line 1), column 'b': no value (empty); 2 more rows have missing values",
+        ),
+    ],
+)
+def test_a_bad_value_or_row_is_named_by_line_and_column(tmp_path, text, expected):
+    assert refusal(write(tmp_path, text)) == expected
+
+
+def test_a_file_that_is_not_utf8_or_a_folder_of_broken_images_is_one_line(tmp_path):
+    assert refusal(write(tmp_path, "")) != ""
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("x,label\n1,caf\xe9\n".encode("latin-1"))
+    assert refusal(bad) == ": not UTF-8 text on line 2 (byte 0xe9); save it as UTF-8"
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("L", (4, 4)).save(tmp_path / "imgs" / cls / "0.png")
+    (tmp_path / "imgs" / "b" / "1.png").write_text("not a png")
+    with pytest.raises(DataError, match=r"imgs/b/1\.png: not a readable image \(UnidentifiedImageError\)$"):
+        load_dataset(DataConfig(dataset_path=str(tmp_path / "imgs")))
+
+
+# --- labels against model.num_classes ---
+
+
+def digits_with_labels(tmp_path, labels: dict[int, object]) -> Path:
+    "The bundled digits, with the label on each line in `labels` (the file's line numbers) changed."
+    lines = CSV.read_text().splitlines()
+    for line, label in labels.items():
+        lines[line - 1] = lines[line - 1].rsplit(",", 1)[0] + f",{label}"
+    return write(tmp_path, "\n".join(lines) + "\n", "digits.csv")
+
+
+def test_one_stray_label_is_named_by_line_never_as_a_new_class(tmp_path):
+    path = digits_with_labels(tmp_path, {52: 42})
+    cfg = Config.model_validate({"data": {"dataset_path": str(path)}})
+    expected = (
+        f"{path} line 52 (the header is line 1): label 42; the config has 10 classes (model.num_classes), "
+        "and no other row has this label: correct or remove the row"
+    )
+    with pytest.raises(DataError) as e:
+        load_dataset(cfg)
+    assert str(e.value) == expected
+    with pytest.raises(DataError) as e:  # training refuses it with the same line
+        prepare_training(cfg)
+    assert str(e.value) == expected
+    assert config_conflicts(cfg) == [expected]  # and so does mlops-check-config (00aa_conflicts)
+
+
+def test_a_few_stray_rows_are_counted(tmp_path):
+    path = digits_with_labels(tmp_path, {30: 11, 40: 12, 50: 12})
+    with pytest.raises(DataError) as e:
+        check_classes(load_csv_dataset(path), 10)
+    assert str(e.value) == (
+        f"{path} line 30 (the header is line 1): label 11; the config has 10 classes (model.num_classes), "
+        "and no other row has this label: correct or remove the row; 3 rows in all have labels this rare"
+    )
+
+
+def test_strays_depend_on_the_split_fractions():
+    "A label on fewer rows than `ceil(1 / smallest fraction)` cannot have a row in every split."
+    ds = load_csv_dataset(CSV)
+    rows = np.flatnonzero(ds.y == 9)[:9]  # nine rows of 9, the rest of 9 made into 8
+    y = ds.y.copy()
+    y[(ds.y == 9)] = 8
+    y[rows] = 9
+    small = type(ds)(**{**ds.__dict__, "y": y})
+    with pytest.raises(DataError, match="set it to 10"):  # 9 rows: a class at 15% (7 are enough)
+        check_classes(small, 11)
+    with pytest.raises(DataError, match=r"label 9; the config has 11 classes .* only 9 rows have this label"):
+        check_classes(small, 11, SplitsConfig(train=0.8, val=0.1, test=0.1))  # 10 are needed at 10%
+
+
+def test_the_split_refuses_what_check_classes_lets_through(tmp_path):
+    "Data with the config's number of labels, one of them on a single row: the split names the problem."
+    path = digits_with_labels(tmp_path, {52: 42})
+    cfg = Config.model_validate({"data": {"dataset_path": str(path)}, "model": {"num_classes": 11}})
+    ds = load_dataset(cfg)  # 11 labels for 11 classes
+    with pytest.raises(DataError, match="cannot split 1797 rows of 11 classes"):
+        split_dataset(ds, cfg.data.splits, seed=cfg.data.split_seed)

@@ -103,6 +103,28 @@ def test_an_existing_learner_notebook_is_kept_byte_for_byte(nbs, tmp_path, make_
     assert not (tmp_path / "learner" / "backup").exists()
 
 
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]], ids=["make learner", "make lab"])
+def test_an_unreadable_learner_notebook_is_named_in_one_line_and_kept(nbs, tmp_path, make_learner, quiet):
+    make_learner()
+    mine = tmp_path / "learner" / "01_first.ipynb"
+    mine.write_text('{"cells": [\n  {"cell_type": "code",\n')  # cut short, as by a crash while saving
+    broken = mine.read_bytes()
+
+    code, out, err = make_learner(*quiet)
+    assert code == 0  # a warning: the other notebooks are fine, and JupyterLab still starts
+    assert mine.read_bytes() == broken  # never overwritten
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"warning: {mine} cannot be read (not valid JSON (line 3, column 1: ")
+    assert "there is no copy of it in learner/backup/" in line and "make learner FORCE=1" in line
+    assert f"kept {mine}" not in out  # said once, as the warning
+
+    backup = tmp_path / "learner" / "backup" / "20261205-000000" / "01_first.ipynb"
+    backup.parent.mkdir(parents=True)
+    backup.write_text("an earlier copy")
+    [line] = make_learner(*quiet)[2].strip().splitlines()
+    assert f"your last copy is {backup}" in line
+
+
 def test_force_moves_the_learners_notebook_to_a_backup_and_writes_a_fresh_one(nbs, tmp_path, make_learner):
     make_learner()
     mine = tmp_path / "learner" / "01_first.ipynb"

@@ -140,12 +140,16 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(tracking_uri,
     assert f"Registered {name} v2 as challenger; gate: rejected" in second.stdout
     assert model_aliases(name) == {"champion": "1", "challenger": "2"}
     v2 = MlflowClient().get_model_version(name, "2")
-    assert v2.tags["gate.decision"] == "rejected" and v2.tags["gate.compared_with"] == "v1"
-    assert v2.tags["gate.accuracy"] == v2.tags["gate.compared_accuracy"]  # a tie never wins
-    assert v2.description.startswith("mlp trained by run")
+    assert sorted(v2.tags) == ["dataset_digest", "gate.decision", "split_digest", "test_accuracy"]  # at most four
+    assert v2.tags["gate.decision"] == "rejected"
+    assert v2.description.startswith("**Trained**: mlp by run")
+    assert "\n\n**Gate**: rejected at " in v2.description and "vs champion v1" in v2.description
     assert "Current champion: v1" in MlflowClient().get_registered_model(name).description
-    run = MlflowClient().get_run(v2.run_id)
-    assert run.data.tags["registered_version"] == "2" and run.data.tags["gate.decision"] == "rejected"
+    assert "**Last challenge**: v2 lost at " in MlflowClient().get_model_version(name, "1").description
+    run = MlflowClient().get_run(v2.run_id).data.tags  # the gate's numbers, on the run that trained v2
+    assert run["registered_version"] == "2" and run["gate.decision"] == "rejected"
+    assert run["gate.compared_with"] == "v1"
+    assert run["gate.accuracy"] == run["gate.compared_accuracy"]  # a tie never wins
 
     # pretrained: starts from that champion; a different architecture is refused before any run
     before = len(all_runs())

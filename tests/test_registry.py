@@ -102,3 +102,15 @@ def test_an_alias_resolves_to_the_version_it_points_at_now(two_versions):
     assert resolve_model_uri(f"runs:/{run.run_id}/model").version == run.run_id
     with pytest.raises(ModelLoadError, match="has no version 9; versions: 1, 2"):
         resolve_model_uri(f"models:/{name}/9")
+
+
+def test_loading_a_registered_model_leaves_nothing_in_the_temp_folder(two_versions, tmp_path, monkeypatch):
+    "MLflow downloads a registry's model into a temporary folder it never removes; load_model removes it."
+    import tempfile
+
+    name, _ = two_versions
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where tempfile and MLflow put folders now
+    model = load_model(f"models:/{name}@champion")
+    assert model.predict(np.zeros((1, 64), dtype=np.float32)).shape == (1, 10)  # loaded, and usable after
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -200,6 +200,38 @@ def test_feedback_rolling_accuracy_and_its_errors(cfg, model_dir):
     assert c.post("/feedback", content="nope").status_code == 400
 
 
+def test_a_store_that_cannot_write_is_a_503_naming_the_cause_and_predictions_go_on(cfg, model_dir, capfd):
+    c = TestClient(create_app(load_served_model(str(model_dir[0])), cfg))
+    before = invalid_counts(c)
+    pid = c.post("/predict", json={"image": X0}).json()["predictions"][0]["prediction_id"]
+    c.app.state.store._db.execute("PRAGMA query_only = ON")  # SQLite refuses writes, as on a read-only file
+    r = c.post("/feedback", json={"prediction_id": pid, "label": 1})
+    assert r.status_code == 503 and r.json() == {
+        "detail": "the feedback store cannot record labels now (attempt to write a readonly database); send it again later",
+        "reason": "feedback_store_unavailable",
+    }
+    assert c.post("/predict", json={"image": X0}).status_code == 200  # predictions never touch the store
+    assert invalid_counts(c) == before  # not the client's fault: no invalid request counted
+    assert 'handler="/feedback",method="POST",status="5xx"' in c.get("/metrics").text  # a server error, for the alert
+    c.app.state.store._db.execute("PRAGMA query_only = OFF")
+    assert c.post("/feedback", json={"prediction_id": pid, "label": 1}).status_code == 200  # and it recovers
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_docs_pages_load_their_scripts_from_the_service(client):
+    for page, assets in {
+        "/docs": ("swagger-ui-bundle.js", "swagger-ui.css"),
+        "/redoc": ("redoc.standalone.js",),
+    }.items():
+        html = client.get(page).text
+        assert "https://" not in html, page  # no CDN, no web font, no remote icon
+        for asset in (*assets, "favicon.png"):
+            assert (
+                f"/static-offline-docs/{asset}" in html
+                and client.get(f"/static-offline-docs/{asset}").status_code == 200
+            )
+
+
 def test_drift_gauge_rises_on_drifted_inputs(cfg, model_dir):
     _, job = model_dir
     c = TestClient(create_app(load_served_model(str(model_dir[0])), cfg))

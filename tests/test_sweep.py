@@ -291,3 +291,26 @@ def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(tracking_u
     best = sweep.best_config(cfg, result)
     assert best.training.num_epochs == cfg.training.num_epochs  # the budget stays the base config's
     assert best.training.learning_rate == result.best["training.learning_rate"]
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_runs_again(tracking_uri):
+    "Optuna never calls a trial stale that never beat: a worker gives it a first heartbeat, then it is retried."
+    from mlops_day28.distributed import join_sweep
+
+    name = f"silent_{uuid.uuid4().hex[:8]}"
+    sets = [f"sweep.name={name}", "experiment_name=tests_sweep", "training.num_epochs=1", f"sweep.grid={SMALL_GRID}"]
+    sets += ["sweep.worker_grace=2", f"sweep.storage={STORAGE}"]
+    _, _, study = join_sweep(load_config(TINY, sets))
+    claimed = study.ask()  # as a worker killed right after claiming a grid point: RUNNING, no heartbeat, no run
+    cmd = [str(Path(sys.executable).parent / "mlops-sweep"), "--config", str(TINY), "--worker", "--no-progress"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    worker = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    parent = sweep.find_sweep(name, "tests_sweep")
+    children = [c for c in sweep_children(parent) if c.info.status == "FINISHED"]
+    keys = sorted(c.data.tags["sweep.trial_key"] for c in children)
+    assert len(keys) == 4 and len(set(keys)) == 4  # every point of the 2x2 grid once, the claimed one included
+    assert sum(c.data.tags.get("is_best") == "true" for c in children) == 1
+    states = {t.number: t.state for t in optuna.load_study(study_name=study.study_name, storage=STORAGE).trials}
+    assert states[claimed.number] == optuna.trial.TrialState.FAIL  # failed as stale, and a copy of it ran

@@ -93,7 +93,7 @@ def test_a_worker_on_another_machine_trains_against_the_team_server(machines, te
     ask = (
         "import mlflow; c = mlflow.MlflowClient(); "
         "r = c.search_runs([e.experiment_id for e in c.search_experiments()], \"attributes.run_name = 'from-worker1'\")[0]; "
-        "print(r.info.status, r.data.tags['mlops.host'], c.get_model_version_by_alias('digits-classifier', 'champion').version)"
+        "print(r.info.status, r.data.tags['_mlflow_mlops.host'], c.get_model_version_by_alias('digits-classifier', 'champion').version)"
     )
     seen = machines.run("server", against(uri, sys.executable, "-c", ask), env=env)
     assert seen.stdout.split() == ["FINISHED", "worker1", "1"], seen.stdout + seen.stderr
@@ -106,12 +106,12 @@ deadline = time.time() + 240
 while time.time() < deadline:
     exp = c.get_experiment_by_name("week5_project_optimization")
     runs = c.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{sys.argv[1]}'") if exp else []
-    mine = [r for r in runs if r.data.tags.get("mlops.host") == sys.argv[2] and r.data.tags.get("sweep.role") != "parent"]
+    mine = [r for r in runs if r.data.tags.get("_mlflow_mlops.host") == sys.argv[2] and r.data.tags.get("sweep.role") != "parent"]
     if any(r.info.status == "FINISHED" for r in mine):  # it has finished one trial: kill it in its next
         for r in mine:
             if r.info.status == "RUNNING":
-                os.kill(int(r.data.tags["mlops.pid"]), 9)  # at once: mid-trial, not a moment after it ended
-                print(r.data.tags["mlops.pid"], r.info.run_id)
+                os.kill(int(r.data.tags["_mlflow_mlops.pid"]), 9)  # at once: mid-trial, not a moment after it ended
+                print(r.data.tags["_mlflow_mlops.pid"], r.info.run_id)
                 sys.exit(0)
     time.sleep(0.3)
 sys.exit(1)
@@ -123,7 +123,7 @@ c = mlflow.MlflowClient()
 exp = c.get_experiment_by_name("week5_project_optimization")
 runs = c.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{sys.argv[1]}'", max_results=1000)
 print(json.dumps([{"role": r.data.tags.get("sweep.role", "child"), "status": r.info.status, "key": r.data.tags.get("sweep.trial_key"),
-  "host": r.data.tags.get("mlops.host"), "best": r.data.tags.get("is_best") == "true", "run_id": r.info.run_id,
+  "host": r.data.tags.get("_mlflow_mlops.host"), "best": r.data.tags.get("is_best") == "true", "run_id": r.info.run_id,
   "reason": r.data.tags.get("mlops.closed_reason")} for r in runs]))
 """
 

@@ -1,4 +1,4 @@
-"""The local MLflow server: started once, reused, refused on a foreign port, stopped by process id."""
+"""The local MLflow server: started once, reused, refused on a foreign port, stopped by process id; why one is silent."""
 
 import json
 import os
@@ -15,6 +15,8 @@ from mlops_day28.processes import free_port, is_running, port_is_open
 from mlops_day28.tracking_server import (
     TrackingServerError,
     ensure_tracking_server,
+    find_tracking_server,
+    silent_server,
     start_tracking_server,
     stop_tracking_server,
 )
@@ -121,4 +123,49 @@ def test_server_that_dies_at_start_shows_its_log(tmp_path):
     (tmp_path / ".mlflow" / "mlflow.db").write_text("this is not a sqlite database")
     with pytest.raises(TrackingServerError, match=r"exited with code .* before it was ready"):
         start_tracking_server(port=free_port(), root=tmp_path, timeout=120)
+    assert not (tmp_path / ".mlflow" / "server.json").exists()
+
+
+def test_why_a_server_is_silent_is_said_in_one_clause(tmp_path):
+    port = free_port()
+    assert silent_server(f"http://127.0.0.1:{port}", tmp_path) == f"nothing listens on port {port}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert silent_server(f"http://127.0.0.1:{taken}", tmp_path) == (
+            f"something accepts connections on port {taken} but does not answer as MLflow (hung, or another program)"
+        )
+    assert silent_server("file:///tmp/mlruns", tmp_path) is None  # a file store always answers
+
+
+def starting_standin(root: Path, port: int) -> subprocess.Popen:
+    "A process with the command line of this project's server that another command is starting: it never listens."
+    db = (root / ".mlflow" / "mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", "import time; time.sleep(120)", "mlflow", "server"]
+    return subprocess.Popen(
+        [*cmd, "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
+    )
+
+
+def test_a_server_still_starting_is_named_with_its_port(tmp_path, capsys):
+    port = free_port()
+    standin = starting_standin(tmp_path, port)
+    try:
+        found = find_tracking_server(tmp_path)
+        assert found.starting and found.port == port and found.uri == f"http://127.0.0.1:{port}"
+        elsewhere = free_port()
+        code = cli.mlflow(["start", "--port", str(elsewhere), "--root", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 1 and err == (
+            f"error: this project's MLflow server is still starting at http://127.0.0.1:{port} "
+            f"(pid {standin.pid} (mlflow server, using mlflow.db)); use it (MLFLOW_PORT={port}) or stop it first (make stop)\n"
+        )
+        with pytest.raises(TrackingServerError, match=f"at http://127.0.0.1:{port} was still starting after 1 s"):
+            start_tracking_server(port=port, root=tmp_path, timeout=1)  # the same port: it waits for it, a while
+        assert silent_server(found.uri, tmp_path).startswith("it is still starting (this project's server: pid ")
+    finally:
+        standin.kill()
+        standin.wait(10)
     assert not (tmp_path / ".mlflow" / "server.json").exists()

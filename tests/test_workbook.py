@@ -1,4 +1,4 @@
-"""The runner behind `make workbook`: executes the exercises in order, stops at a failure, says where to look."""
+"""The runner behind `make workbook`: executes the exercises in order, stops at a failure, says where to look; one at a time."""
 
 import importlib.util
 import subprocess
@@ -19,8 +19,9 @@ run_workbook = sys.modules["run_workbook"]
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
-    "The runner's `main`, in this process (it starts a kernel per notebook, as from the shell)."
+def run(monkeypatch, capsys, tmp_path):
+    "The runner's `main`, in this process (it starts a kernel per notebook, as from the shell), in a project: tmp_path."
+    (tmp_path / "pyproject.toml").write_text("")  # so its workbook lock is tmp_path's, not this checkout's
 
     def go(*args, tracking_uri):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -144,3 +145,48 @@ def test_jobs_must_be_positive(tmp_path, run, capsys):
     with pytest.raises(SystemExit) as e:
         run("--nbs", tmp_path, "--jobs", 0, tracking_uri="http://127.0.0.1:9")
     assert e.value.code == 2 and "--jobs must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_a_run_is_refused_while_another_executes_the_projects_notebooks(tmp_path, run):
+    from mlops_day28.coordination import ProjectLock
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    notebook(nbs / "01_never.ipynb", "from pathlib import Path", "Path('never.txt').write_text('ran')")
+    with ProjectLock(tmp_path, "make workbook"):  # another run, as this process
+        r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri="http://127.0.0.1:9")  # never reached
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: another run is executing this project's notebooks: pid ")
+    assert len(r.stderr.splitlines()) == 1 and "(make workbook, since " in r.stderr
+    assert not (nbs / "never.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_kernel_that_dies_before_it_answers_is_started_again(tmp_path, monkeypatch):
+    "Another process took one of the kernel's ports: no cell ran, so the notebook starts again; a cell's error does not."
+    path = notebook(tmp_path / "01_x.ipynb", "1 + 1")
+    starts = []
+
+    class Client:
+        def __init__(self, nb, **kwargs):
+            self.nb = nb
+
+        def execute(self):
+            starts.append(1)
+            if len(starts) == 1:
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            self.nb.cells[0].execution_count = 1
+
+    monkeypatch.setattr(run_workbook, "NotebookClient", Client)
+    ok, _, error = run_workbook.run_notebook(path, tmp_path / "out", timeout=60)
+    assert (ok, error, len(starts)) == (True, "", 2)
+
+    class Dies(Client):
+        def execute(self):
+            starts.append(1)
+            self.nb.cells[0].execution_count = 1  # a cell ran: starting again would run it twice
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    starts.clear()
+    monkeypatch.setattr(run_workbook, "NotebookClient", Dies)
+    ok, _, error = run_workbook.run_notebook(path, tmp_path / "out", timeout=60)
+    assert (ok, len(starts)) == (False, 1) and "Kernel died" in error

@@ -171,6 +171,26 @@ class Written(NamedTuple):
     action: str  # "wrote", "kept", "replaced"
     solutions: int = 0
     backup: Path | None = None
+    unreadable: str | None = None  # a kept notebook that JupyterLab cannot open: why
+
+
+def unreadable(path: Path) -> str | None:
+    "Why the notebook at `path` cannot be opened (not JSON, not a notebook), or None when it can."
+    import json
+
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None if isinstance(nb, dict) and isinstance(nb.get("cells"), list) else "not a notebook (no list of cells)"
+
+
+def latest_backup(out: Path, name: str) -> Path | None:
+    "The newest copy of learner notebook `name` under out/backup/, if any."
+    copies = sorted(out.glob(f"backup/*/{name}"), key=lambda p: p.parent.name)
+    return copies[-1] if copies else None
 
 
 def _show(path: Path) -> str:
@@ -195,7 +215,7 @@ def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
     for src in sources:
         target = out / src.name
         if src not in editions:
-            done.append(Written(target, "kept"))
+            done.append(Written(target, "kept", unreadable=unreadable(target)))
             continue
         nb, solutions = editions[src]
         text = nb_text(nb)
@@ -213,6 +233,13 @@ def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
 def describe(w: Written) -> str:
     "One line on what happened to one notebook."
     tasks = f"{w.solutions} solution{'s' if w.solutions != 1 else ''} cleared"
+    if w.action == "kept" and w.unreadable:
+        backup = latest_backup(w.target.parent, w.target.name)
+        earlier = f"your last copy is {_show(backup)}" if backup else "there is no copy of it in learner/backup/"
+        return (
+            f"warning: {_show(w.target)} cannot be read ({w.unreadable}); it is kept as it is, and JupyterLab will show "
+            f"it as 'Unreadable Notebook': {earlier}; `make learner FORCE=1` moves it to learner/backup/ and writes a fresh one"
+        )
     if w.action == "kept":
         return f"kept {_show(w.target)} (yours)"
     if w.action == "replaced":
@@ -244,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     for w in done:
-        if not (args.quiet and w.action == "kept"):
+        if w.unreadable:
+            print(describe(w), file=sys.stderr)
+        elif not (args.quiet and w.action == "kept"):
             print(describe(w))
     if args.quiet and all(w.action == "kept" for w in done):
         return 0

@@ -12,6 +12,11 @@ busy starting a kernel, importing, or waiting on the server, a subprocess or a s
 Each notebook stands on its own (the tests run each against an empty server), so the
 only order that matters is `AFTER`'s. Each kernel gets an equal share of the cores for
 torch (`OMP_NUM_THREADS`, unless set), so two trainings do not fight over them.
+
+One run at a time in a project: the runner holds the project's workbook lock (`.workbook/lock`,
+`mlops_day28.coordination.ProjectLock`) from before it reaches the server until it ends. A
+second run, or a test session executing the notebooks, is refused in one line naming the pid
+that holds it (exit code 2); the lock goes with its process, however that ends.
 """
 
 from __future__ import annotations
@@ -55,24 +60,35 @@ def going_further(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if int(p.name[:2]) > COURSE)
 
 
+# jupyter_client picks a kernel's ports free, then the kernel binds them: another process may take one in
+# between ("Address already in use", then "Kernel died before replying to kernel_info"). No cell has run
+# then, so the notebook is started again, up to this many times in all.
+KERNEL_STARTS = 3
+
+
 def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, str]:
     "Execute `path` with nbs/ as working directory; save the executed copy; (ok, seconds, error)."
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        resources={"metadata": {"path": str(path.parent)}},
-        coalesce_streams=True,  # a progress bar's updates saved as one output, as JupyterLab shows it
-    )
-    start, error = time.perf_counter(), ""
-    try:
-        client.execute()
-    except CellExecutionError as e:
-        error = str(e)
-    except Exception as e:  # kernel died, timeout, ...
-        error = f"{type(e).__name__}: {e}"
+    start = time.perf_counter()
+    for attempt in range(1, KERNEL_STARTS + 1):
+        nb, error = nbformat.read(path, as_version=4), ""
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            resources={"metadata": {"path": str(path.parent)}},
+            coalesce_streams=True,  # a progress bar's updates saved as one output, as JupyterLab shows it
+        )
+        try:
+            client.execute()
+        except CellExecutionError as e:
+            error = str(e)
+        except Exception as e:  # kernel died, timeout, ...
+            error = f"{type(e).__name__}: {e}"
+            never_ran = all(c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+            if "before replying to kernel_info" in error and never_ran and attempt < KERNEL_STARTS:
+                continue
+        break
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
@@ -174,6 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLOPS_STRICT_CHECKS", "1")  # the solution edition: a failed task check stops the run
+    from mlops_day28.coordination import ProjectLock
+    from mlops_day28.errors import MlopsError, report
+    from mlops_day28.schema import find_project_root
+
+    try:  # before the server: a second run must not start (or wait for) one either
+        lock = ProjectLock(find_project_root(args.nbs), "make workbook").acquire()
+    except MlopsError as e:  # another run executes this project's notebooks (2)
+        report(e)
+        return e.exit_code
+    try:
+        return run_locked(args)
+    finally:
+        lock.release()
+
+
+def run_locked(args: argparse.Namespace) -> int:
+    "The run itself, while this process holds the project's workbook lock."
     from mlops_day28.coordination import ui_url
     from mlops_day28.errors import MlopsError, report
     from mlops_day28.tracking_server import ensure_tracking_server

@@ -34,8 +34,10 @@ class Project:
     def __init__(self, path: Path):
         self.path = path
         self.procs: list[subprocess.Popen] = []
+        # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID for subprocesses: an earlier test's, on another server
+        inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
         self.env = {
-            **os.environ,
+            **inherited,
             "MLFLOW_TRACKING_URI": "",
             "OMP_NUM_THREADS": "1",
             "TQDM_DISABLE": "1",
@@ -57,9 +59,9 @@ class Project:
         return path
 
     def start(self, *cmd: str) -> subprocess.Popen:
-        "Start `mlops-...` in the background (its own session), output captured."
+        "Start `mlops-...` (or a program by its full path) in the background (its own session), output captured."
         proc = subprocess.Popen(
-            [str(BIN / cmd[0]), *cmd[1:]],
+            [cmd[0] if Path(cmd[0]).is_absolute() else str(BIN / cmd[0]), *cmd[1:]],
             cwd=self.path,
             env=self.env,
             stdout=subprocess.PIPE,

@@ -2,12 +2,19 @@
 
 Each is refused before it is parsed (or, for a bomb, before its aliases are expanded),
 with exit code 2 and one short line that names the file and the problem.
+
+Then configs that parse but would fail later, or silently do something else: a name over
+MLflow's limit (a 1,000,000-character experiment name once failed at the server, 24 s in), a
+key given twice (YAML keeps the last, silently), and data with a stray label. The real
+commands refuse each in one line, exit 2, and the test's own tracking server is left with
+nothing: no experiment, no run, no registered model.
 """
 
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from faultkit import ROOT
 
 from mlops_day28 import cli
 from mlops_day28.config import MAX_CONFIG_BYTES, ConfigError, apply_overrides, load_config
@@ -119,3 +126,56 @@ def test_an_absurdly_long_override_is_refused(tmp_path, capsys):
     assert cli.train(["--config", str(tiny), "--set", "seed=" + "1" * 20_000]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --set 'seed'=...: 20,005 characters, over the 10,000-character limit"]
+
+
+# --- configs and data that MLflow or training would refuse later: refused first, nothing reaches the server ---
+
+
+def bad_inputs(project) -> dict[str, tuple[Path, str]]:
+    "Configs in `project` that must be refused up front -> (the config, its one line after `error: {config}: `)."
+    long = project.config("long_name", experiment_name="e" * 1_000_000)  # under 1 MB: MLflow refused it 24 s in
+    assert long.stat().st_size < MAX_CONFIG_BYTES
+    twice = project.config("twice")
+    text = twice.read_text()
+    first = text.splitlines().index("seed: 42") + 1
+    twice.write_text(text + "seed: 7\n")  # the later one would win, silently
+    lines = (ROOT / "data" / "digits.csv").read_text().splitlines()
+    lines[51] = lines[51].rsplit(",", 1)[0] + ",42"  # line 52: one mistyped label
+    typo = project.path / "data" / "typo.csv"
+    typo.parent.mkdir(exist_ok=True)
+    typo.write_text("\n".join(lines) + "\n")
+    return {
+        "long_name": (long, "experiment_name: 1,000,000 characters, over MLflow's limit of 256 for an experiment name"),
+        "twice": (
+            twice,
+            f"seed is given twice, on lines {first} and {len(text.splitlines()) + 1} "
+            "(YAML would silently keep the last): keep one of them",
+        ),
+        "label42": (
+            project.config("label42", data={"dataset_path": str(typo)}),
+            f"{typo} line 52 (the header is line 1): label 42; the config has 10 classes (model.num_classes), "
+            "and no other row has this label: correct or remove the row",
+        ),
+    }
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_train_refuses_them_in_one_line_and_the_server_gets_nothing(project, server):
+    from mlflow import MlflowClient
+
+    cases = bad_inputs(project)
+    checked = project.run("mlops-check-config", *(str(path) for path, _ in cases.values()), timeout=120)
+    assert checked.returncode == 2 and checked.stdout == ""
+    assert checked.stderr.splitlines() == [f"error: {path}: {line}" for path, line in cases.values()]
+    for name, (path, line) in cases.items():
+        r = project.run("mlops-train", "--config", str(path), timeout=120)
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"error: {path}: {line}\n"), name
+    path, line = cases["label42"]
+    r = project.run("mlops-sweep", "--config", str(path), timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"error: {path}: {line}\n")
+    client = MlflowClient(server.uri)
+    experiments = client.search_experiments()
+    assert [e.name for e in experiments] == ["Default"]
+    assert client.search_runs([e.experiment_id for e in experiments]) == []
+    assert client.search_registered_models() == []

@@ -2,16 +2,24 @@
 
 Four `mlops-train` at once on an empty registry must end with the best of them as champion,
 every promotion in the champion history, and every run in the named experiment. A model
-tested on another split is refused before training. And the same config trains to the same
-numbers from a sweep trial and from the pipeline.
+tested on another split is refused before training. The same config trains to the same
+numbers from a sweep trial and from the pipeline. And a gate killed mid-way leaves its
+version's `gate.decision` marked unfinished, while the next gate says that it took over the lock a dead
+process held.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 
 import pytest
-from faultkit import error_lines
+from faultkit import error_lines, wait_for
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -29,7 +37,7 @@ def test_four_concurrent_pipelines_end_with_the_best_as_champion(project, server
     client = MlflowClient(server.uri)
     versions = client.search_model_versions(f"name='{NAME}'")
     assert len(versions) == 4
-    accuracy = {v.version: float(v.tags["gate.accuracy"]) for v in versions}
+    accuracy = {v.version: float(client.get_run(v.run_id).data.tags["gate.accuracy"]) for v in versions}
     champion = client.get_registered_model(NAME).aliases["champion"]
     assert accuracy[champion] == max(accuracy.values()), accuracy
     promoted = [v.version for v in versions if v.tags["gate.decision"] == "promoted"]
@@ -76,3 +84,62 @@ def test_the_best_sweep_trial_retrained_by_the_pipeline_gives_identical_metrics(
     assert len(curve(sweep.best_run_id)) == cfg.training.num_epochs
     assert curve(retrained["run_id"]) == curve(sweep.best_run_id)  # epoch by epoch, not just the end
     assert retrained["metrics"]["best_val_accuracy"] == sweep.best_score
+
+
+HOLDS_THE_GATE_LOCK = """import time
+from mlops_day28.coordination import server_lock
+with server_lock("gate.digits-classifier"):
+    print("held", flush=True)
+    time.sleep(600)"""
+
+
+def test_a_killed_gate_leaves_its_version_marked_and_the_next_gate_says_it_took_over(project, server):
+    client = MlflowClient(server.uri)
+    holder = subprocess.Popen(  # another gate, in the lock; killed below while it holds it
+        [sys.executable, "-c", HOLDS_THE_GATE_LOCK],
+        cwd=project.path,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    project.procs.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+    cfg = project.config()
+    killed = project.start("mlops-train", "--config", str(cfg), "--no-progress")
+
+    def marked():
+        found = [
+            v
+            for v in client.search_model_versions(f"name='{NAME}'")
+            if v.tags.get("gate.decision", "").startswith("unfinished: ")
+        ]
+        return found and found[0].version
+
+    version = wait_for(marked, 240, "the gate marked its version")  # then it scores, and waits on the lock
+    os.killpg(killed.pid, signal.SIGKILL)  # the gate dies mid-way
+    killed.wait(30)
+    holder.kill()  # and so does the lock's holder, holding it
+    holder.wait(30)
+
+    out = project.run("mlops-train", "--config", str(cfg), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    (note,) = [line for line in out.stderr.splitlines() if line.startswith("note: ")]
+    expected = (
+        f"note: took over the lock gate.{NAME} from pid {holder.pid} on {socket.gethostname()}, "
+        r"which ended without releasing it \(locked \d+ s ago\)"
+    )
+    assert re.fullmatch(expected, note), note
+    assert "gate: promoted to champion" in out.stdout
+
+    left = client.get_model_version(NAME, version)
+    mark = left.tags["gate.decision"]  # it never decided
+    assert mark.startswith("unfinished: the gate started ") and mark.endswith("the gate did not finish"), mark
+    assert f" by pid {killed.pid} on {socket.gethostname()}" in mark
+    assert "**Gate**: " not in (left.description or "")
+    (after,) = [v for v in client.search_model_versions(f"name='{NAME}'") if v.version != version]
+    assert after.tags["gate.decision"] == "promoted"
+    assert client.get_registered_model(NAME).aliases["champion"] == after.version
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING
+    assert not [m for m in client.search_registered_models() if m.name.startswith("mlops-lock.")]

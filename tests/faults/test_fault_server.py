@@ -1,21 +1,30 @@
-"""Fault: `kill -9` of the recorded launcher leaves its uvicorn worker serving; find, stop, status and reset see it.
+"""Faults in the server itself: `kill -9` of its launcher, a frozen or hung server, two commands starting it at once.
 
+`kill -9` of the recorded launcher leaves its uvicorn worker serving; find, stop, status and
+reset see it. A server frozen by SIGSTOP (or Ctrl-Z) is named as this project's own, with the
+pid on record, not as a stranger on the port, whether a command meets it at its start or in
+the middle of a run; a server that answers /health but not its API is said to be stuck.
 Every test starts a server of its own in tmp_path and, whatever happens, kills by pid what it started.
 """
 
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+from faultkit import BIN, Project, Server, error_lines, wait_for
+from mlflow import MlflowClient
 
 from mlops_day28 import cli
 from mlops_day28.processes import free_port, is_running, port_is_open
+from mlops_day28.server_processes import frozen
 from mlops_day28.tracking_server import (
     database_users,
     find_tracking_server,
@@ -183,3 +192,148 @@ def test_reset_names_any_other_process_with_the_database_open(tmp_path):
         holder.kill()
         holder.wait(10)
     assert reset_refusal(tmp_path) is None
+
+
+FROZEN = "it accepts connections but sends no reply; it is the server in .mlflow/server.json, pid {pid}, frozen (stopped by SIGSTOP or Ctrl-Z): make stop, then make mlflow"
+
+
+def freeze(pgid: int) -> None:
+    "SIGSTOP the whole process group, as Ctrl-Z in the terminal that started it would."
+    os.killpg(pgid, signal.SIGSTOP)
+    assert eventually(lambda: len(frozen([p.pid for p in group_of(pgid)])) == len(group_of(pgid)), 10)
+
+
+def command(*args, cwd: Path, **env) -> subprocess.CompletedProcess:
+    "Run `mlops-...` in `cwd` with `env` on top of this process's (MLFLOW_TRACKING_URI unset unless given)."
+    full = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=cwd, env=full, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_a_frozen_server_is_named_as_this_projects_own_and_make_stop_then_make_mlflow_bring_it_back(server, tmp_path):
+    cfg = Project(tmp_path).config()  # a project of its own: config, data and the server's .mlflow/
+    (tmp_path / "pyproject.toml").write_text("")
+    freeze(server.pgid)
+    out = command(
+        "mlops-evaluate", "--model", "models:/digits-classifier@champion", "--config", str(cfg),
+        cwd=tmp_path, MLFLOW_PORT=str(server.port),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert error_lines(out.stderr) == [
+        f"error: the MLflow server at {server.uri} does not answer: {FROZEN.format(pid=server.pid)}"
+    ]
+    stop = command("mlops-mlflow", "stop", "--root", str(tmp_path), cwd=tmp_path)  # make stop
+    assert stop.returncode == 0 and stop.stdout.startswith(f"stopped the MLflow server at {server.uri} (pids ")
+    assert eventually(lambda: all_gone(server))
+    try:
+        start = command("mlops-mlflow", "start", "--port", str(server.port), "--root", str(tmp_path), cwd=tmp_path)
+        assert start.returncode == 0 and start.stdout.startswith(f"MLflow server started: {server.uri}"), start.stderr
+        assert mlflow_version_at(server.uri)
+    finally:
+        stop_tracking_server(tmp_path)
+
+
+def test_a_server_frozen_mid_run_ends_the_command_in_one_line_and_the_run_is_closed_after(project):
+    srv = Server(project)
+    project.env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "3"  # each call's silence: 3 s, not 10 (3 tries all the same)
+    try:
+        cfg = project.config(training={"num_epochs": 3000}, registry={"register_challenger": False})
+        proc = project.start("mlops-train", "--config", str(cfg), "--no-progress")
+        client = MlflowClient(srv.uri)
+
+        def three_epochs():
+            exp = client.get_experiment_by_name("week5_project_optimization")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            return runs and len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) >= 3 and runs[0]
+
+        run = wait_for(three_epochs, 120, "the run logged three epochs")  # long past the command's health check
+        freeze(srv.pgid)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        (line,) = error_lines(err)
+        said = re.escape(f"error: training stopped: the tracking server at {srv.uri} stopped answering (")
+        said += r"[\w/-]+: no reply within 3 s, 3 tries\): " + re.escape(FROZEN.format(pid=srv.pgid))
+        said += re.escape(f"; run {run.info.run_id} will be marked FAILED when the server answers again")
+        assert re.match(said, line), line
+
+        stop = project.run("mlops-mlflow", "stop", "--root", str(project.path))  # what the line says to do
+        assert stop.returncode == 0 and "stopped the MLflow server" in stop.stdout
+        srv.start()
+        again = project.run("mlops-mlflow", "start", "--port", str(srv.port), "--root", str(project.path))
+        assert again.returncode == 0 and "closed 1 run left open" in again.stdout, again.stdout + again.stderr
+        closed = client.get_run(run.info.run_id)
+        assert closed.info.status == "FAILED" and "stopped answering" in closed.data.tags["mlops.closed_reason"]
+    finally:
+        for pid in srv.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        srv.stop()
+        stop_tracking_server(project.path)
+
+
+ANSWERS_HEALTH_ONLY = """import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path in ("/health", "/version"):
+            body = b"OK" if self.path == "/health" else b"3.17.2"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            time.sleep(600)  # the API: stuck
+    do_POST = do_GET
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_a_server_whose_api_hangs_after_its_health_check_is_named_in_one_line(tmp_path):
+    "A stand-in answers /health and /version, then never answers an API call: a hang after the health check."
+    cfg = Project(tmp_path).config()
+    (tmp_path / "pyproject.toml").write_text("")
+    port = free_port()
+    standin = subprocess.Popen([sys.executable, "-c", ANSWERS_HEALTH_ONLY, str(port)])
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        assert eventually(lambda: mlflow_version_at(uri) == "3.17.2", 30)
+        out = command(
+            "mlops-evaluate", "--model", "models:/digits-classifier@champion", "--config", str(cfg),
+            cwd=tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_TIMEOUT="2",
+        )  # fmt: skip
+    finally:
+        standin.kill()
+        standin.wait(10)
+    assert out.returncode == 1
+    (line,) = error_lines(out.stderr)
+    said = (
+        re.escape(f"error: the tracking server at {uri} stopped answering (")
+        + r"[\w/-]+: no reply within 2 s, 3 tries\)"
+    )
+    said += re.escape(", though it still answers /health: it may be stuck on its database; see its log")
+    assert re.match(said, line), line
+    assert line.endswith("or restart it (make stop, then make mlflow)") and "HTTPConnectionPool" not in out.stderr
+
+
+def test_two_commands_starting_the_server_at_once_share_one(tmp_path):
+    "The second finds the first one's server still starting (not listening yet) on its port: it waits and reuses it."
+    (tmp_path / "pyproject.toml").write_text("")
+    port, env = free_port(), {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(BIN / "mlops-mlflow"), "start", "--port", str(port), "--root", str(tmp_path)]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert eventually(lambda: find_tracking_server(tmp_path) is not None, 60)  # its launcher runs
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        out, err = first.communicate(timeout=180)
+        said = sorted([out.strip(), second.stdout.strip()])
+        assert first.returncode == second.returncode == 0, err + second.stderr
+        assert said[0] == f"MLflow server already running: http://127.0.0.1:{port}", said
+        assert said[1].startswith(f"MLflow server started: http://127.0.0.1:{port} (pid "), said
+        found = find_tracking_server(tmp_path)
+        assert found and len({os.getpgid(pid) for pid in found.procs}) == 1  # one server, one process group
+    finally:
+        stop_tracking_server(tmp_path)
+        first.wait(30)
