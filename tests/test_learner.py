@@ -39,7 +39,8 @@ def nbs(tmp_path):
     folder.mkdir()
     write_nb(folder / "00_helpers.ipynb", "### BEGIN SOLUTION\nx = 1\n### END SOLUTION")
     write_nb(folder / "01_first.ipynb", v4.new_markdown_cell(MARKDOWN), SOLVED, INDENTED, "print('not a task')")
-    write_nb(folder / "01a_plain.ipynb", v4.new_markdown_cell("no tasks here"), "x = 2")
+    write_nb(folder / "07_plain.ipynb", v4.new_markdown_cell("no tasks here"), "x = 2")
+    write_nb(folder / "06f_reference.ipynb", "#| export\ndef helper():\n    return 1")  # not an exercise
     return folder
 
 
@@ -62,7 +63,7 @@ def read(path: Path):
 def test_solutions_become_stubs_and_the_rest_stays(nbs, tmp_path, make_learner):
     code, out, _ = make_learner()
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "learner").glob("*.ipynb")) == ["01_first.ipynb", "01a_plain.ipynb"]
+    assert sorted(p.name for p in (tmp_path / "learner").glob("*.ipynb")) == ["01_first.ipynb", "07_plain.ipynb"]
     before, after = read(nbs / "01_first.ipynb"), read(tmp_path / "learner" / "01_first.ipynb")
     assert [c.id for c in after.cells] == [c.id for c in before.cells]
     assert after.metadata == before.metadata
@@ -79,7 +80,7 @@ def test_solutions_become_stubs_and_the_rest_stays(nbs, tmp_path, make_learner):
 
 def test_a_notebook_without_markers_is_copied_with_outputs_cleared(nbs, tmp_path, make_learner):
     make_learner()
-    before, after = read(nbs / "01a_plain.ipynb"), read(tmp_path / "learner" / "01a_plain.ipynb")
+    before, after = read(nbs / "07_plain.ipynb"), read(tmp_path / "learner" / "07_plain.ipynb")
     for cell in before.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -93,13 +94,13 @@ def test_an_existing_learner_notebook_is_kept_byte_for_byte(nbs, tmp_path, make_
     nb.cells[1].source = nb.cells[1].source.replace("raise NotImplementedError()", "print('my answer')")
     nbformat.write(nb, mine)
     edited = mine.read_bytes()
-    (tmp_path / "learner" / "01a_plain.ipynb").unlink()  # deleted: written again
+    (tmp_path / "learner" / "07_plain.ipynb").unlink()  # deleted: written again
 
     code, out, _ = make_learner()
     assert code == 0
     assert mine.read_bytes() == edited
     assert f"kept {mine} (yours)" in out
-    assert f"wrote {tmp_path / 'learner' / '01a_plain.ipynb'}" in out
+    assert f"wrote {tmp_path / 'learner' / '07_plain.ipynb'}" in out
     assert not (tmp_path / "learner" / "backup").exists()
 
 
@@ -186,21 +187,70 @@ def test_end_without_begin_is_an_error_too(nbs, make_learner):
     assert "02_broken.ipynb, cell 1" in err and "without '### BEGIN SOLUTION'" in err
 
 
-def test_the_real_solution_edition(tmp_path, make_learner):
-    exercises = learner.exercise_notebooks(ROOT / "nbs")
-    assert exercises[0].name == "01_tracking.ipynb"
-    assert not any(p.name.startswith("00") for p in exercises)
+SEVEN = [  # the learner's path, named here rather than by the function under test
+    "01_tracking.ipynb",
+    "02_registry.ipynb",
+    "03_pipeline.ipynb",
+    "04_sweep.ipynb",
+    "05_cicd.ipynb",
+    "06_monitoring.ipynb",
+    "07_team.ipynb",
+]
+
+
+def test_the_real_solution_edition_is_the_seven_exercises(tmp_path, make_learner):
     code, out, err = make_learner(nbs=ROOT / "nbs")
     assert code == 0, err
     written = sorted((tmp_path / "learner").glob("*.ipynb"))
-    assert [p.name for p in written] == [p.name for p in exercises]
+    assert [p.name for p in written] == SEVEN
     for path in written:
         nb = read(path)
         code_cells = "".join(c.source for c in nb.cells if c.cell_type == "code")
         assert "BEGIN SOLUTION" not in code_cells and "END SOLUTION" not in code_cells, path.name
+        assert "#|" not in code_cells and "NBVAL_" not in code_cells, (
+            path.name
+        )  # nothing that means nothing to a learner
         markdown = "".join(c.source for c in nb.cells if c.cell_type == "markdown")  # text about the markers
         assert path.read_text().count(learner.BEGIN) == markdown.count(learner.BEGIN), path.name
     assert out.strip().splitlines()[-1].startswith(f"Start with {tmp_path / 'learner' / '01_tracking.ipynb'}")
+
+
+def test_directives_are_left_out_and_a_cell_of_nothing_else_is_dropped(tmp_path):
+    path = write_nb(
+        tmp_path / "01_x.ipynb",
+        "#| default_exp x",
+        "#| export\ndef f():\n    return 1",
+        "# NBVAL_IGNORE_OUTPUT\nprint(f())  # NBVAL_ stays in a comment that is not a marker",
+        v4.new_markdown_cell("`#| export` in markdown is text"),
+    )
+    nb, _ = learner.learner_edition(path)
+    assert [c.source for c in nb.cells] == [
+        "def f():\n    return 1",
+        "print(f())  # NBVAL_ stays in a comment that is not a marker",
+        "`#| export` in markdown is text",
+    ]
+
+
+def test_reference_copies_from_the_old_layout_go_unless_they_hold_changes(nbs, tmp_path, make_learner):
+    out = tmp_path / "learner"
+    out.mkdir()
+    as_written = learner.learner_edition(nbs / "06f_reference.ipynb", directives=True)[0]  # as the old layout wrote it
+    as_written.cells[0].outputs = [v4.new_output("stream", text="ran\n")]  # run, not edited: nothing of yours
+    nbformat.write(as_written, out / "06f_reference.ipynb")
+    edited = learner.learner_edition(nbs / "00_helpers.ipynb", directives=True)[0]
+    edited.cells[0].source += "\nmy_note = 'mine'"
+    nbformat.write(edited, out / "00_helpers.ipynb")
+    mine = (out / "00_helpers.ipynb").read_bytes()
+
+    code, out_text, _ = make_learner()
+    assert code == 0
+    assert not (out / "06f_reference.ipynb").exists()
+    assert f"removed {out / '06f_reference.ipynb'}: a reference notebook an earlier layout copied here" in out_text
+    assert (out / "00_helpers.ipynb").read_bytes() == mine  # it holds changes: kept, byte for byte
+    assert f"kept {out / '00_helpers.ipynb'}: not an exercise any more, but it holds changes of yours" in out_text
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["00_helpers.ipynb", "01_first.ipynb", "07_plain.ipynb"]
+    code, out_text, _ = make_learner("--quiet")  # make lab: nothing to say about a copy it keeps
+    assert (code, out_text) == (0, "")
 
 
 def test_two_backups_in_the_same_second_get_two_folders(tmp_path, monkeypatch):

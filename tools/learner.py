@@ -1,11 +1,15 @@
-"""Write the learner edition: learner/NN_name.ipynb for every exercise notebook in nbs/, solutions cleared.
+"""Write the learner edition: learner/NN_name.ipynb for each exercise notebook (01_tracking ... 07_team), solutions cleared.
 
 `make learner` runs this (and `make lab`, which only fills in what is missing). The notebooks in
 nbs/ are the solution edition: each task's solution sits between nbgrader's markers
 `### BEGIN SOLUTION` and `### END SOLUTION` in a code cell. Here nbgrader's own ClearSolutions
 preprocessor (without its app or database) replaces each such region with its stub,
 `# YOUR CODE HERE` + `raise NotImplementedError()`. Everything else stays as in nbs/: markdown
-(never changed), the other code, cell ids and metadata; outputs are cleared.
+(never changed), the other code, cell ids and metadata; outputs are cleared, and nbdev's directives
+(`#| export`) and nbval's markers (`# NBVAL_IGNORE_OUTPUT`), which mean nothing to a learner, are left out.
+Only the exercises are written: the reference notebooks (00_*, 06f_*, ...) stay in nbs/. A reference
+notebook that an earlier layout copied into learner/ is removed if it is as it was written, and kept,
+with a line saying so, if it holds changes.
 
 A learner's notebook is never overwritten: an existing learner/NN_name.ipynb is kept as it is.
 With --force (`make learner FORCE=1`) it is first moved to learner/backup/<timestamp>/ (a new
@@ -22,6 +26,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -45,9 +50,20 @@ class LearnerError(Exception):
     "A notebook in nbs/ that cannot be turned into its learner edition (the message names it and the cell)."
 
 
+EXERCISE = re.compile(r"(0[1-9]|[1-9][0-9])_[a-z][a-z_]*\.ipynb")  # 01_tracking ... 07_team; not 00*, not 06f_*
+# What the learner edition leaves out of code cells: nbdev's directives (`#| export`, `#| default_exp ...`) and
+# nbval's markers (`# NBVAL_IGNORE_OUTPUT`), which mean nothing to a learner. A cell of nothing else is dropped.
+DIRECTIVE = re.compile(r"^[ \t]*#(\|.*|[ \t]*NBVAL_[A-Z_]+.*)\n?", re.MULTILINE)
+
+
 def exercise_notebooks(folder: Path) -> list[Path]:
-    "The exercise notebooks in `folder`: NN*_*.ipynb whose name does not start with 00, in order."
-    return sorted(p for p in folder.glob("[0-9][0-9]*_*.ipynb") if not p.name.startswith("00"))
+    "The exercise notebooks in `folder`, in order: NN_name.ipynb, NN from 01 (not 00, not a lettered reference like 06f_)."
+    return sorted(p for p in folder.glob("*.ipynb") if EXERCISE.fullmatch(p.name))
+
+
+def legacy_copies(out: Path) -> list[Path]:
+    "Reference notebooks an earlier `make learner` copied into `out` beside the exercises (06f_body_limit, 00j_...)."
+    return sorted(p for p in out.glob("[0-9][0-9]*_*.ipynb") if not EXERCISE.fullmatch(p.name))
 
 
 @functools.cache
@@ -86,8 +102,12 @@ def _preprocessor() -> type:
     return ClearCodeSolutions
 
 
-def learner_edition(path: Path, name: str | None = None) -> tuple[NotebookNode, int]:
-    "The learner edition of the notebook at `path` and how many solutions it clears; `name` shows in errors."
+def learner_edition(
+    path: Path,
+    name: str | None = None,  # shows in errors
+    directives: bool = False,  # keep nbdev's and nbval's directives (what the old layout's copies kept)
+) -> tuple[NotebookNode, int]:
+    "The learner edition of the notebook at `path` and how many solutions it clears."
     import nbformat  # here, not at the top: importing it takes seconds, and keeping needs none of it
 
     name = name or str(path)
@@ -97,6 +117,11 @@ def learner_edition(path: Path, name: str | None = None) -> tuple[NotebookNode, 
         raise LearnerError(f"{name}: not a readable notebook ({type(e).__name__}: {e})") from None
     resources = {"name": name, "solutions": 0}
     nb, resources = _preprocessor()(enforce_metadata=False, log=_QUIET).preprocess(nb, resources)
+    if not directives:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.source = DIRECTIVE.sub("", cell.source)
+        nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.source.strip()]
     return nb, resources["solutions"]
 
 
@@ -168,7 +193,7 @@ class Written(NamedTuple):
     "What happened to one learner notebook."
 
     target: Path
-    action: str  # "wrote", "kept", "replaced"
+    action: str  # "wrote", "kept", "replaced"; for a legacy reference copy, "removed" or "kept yours"
     solutions: int = 0
     backup: Path | None = None
     unreadable: str | None = None  # a kept notebook that JupyterLab cannot open: why
@@ -227,7 +252,31 @@ def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
         else:
             write_atomically(target, text)
             done.append(Written(target, "wrote", solutions))
-    return done
+    return done + [tidy_legacy_copy(copy, nbs) for copy in legacy_copies(out)]
+
+
+def _sources(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source) for c in nb.cells]
+
+
+def tidy_legacy_copy(copy: Path, nbs: Path) -> Written:
+    """A reference notebook the old layout copied into learner/: removed if it is as it was written, else kept.
+
+    As it was written means: its cells' sources are those of the learner edition of its notebook in `nbs`
+    (found by name in any folder below), as the old layout wrote it (directives kept) or as now. Outputs and
+    execution counts do not count: running a notebook changes nothing of yours. A copy that cannot be read,
+    or whose notebook is gone, is kept.
+    """
+    import nbformat
+
+    found = sorted(nbs.rglob(copy.name))
+    if found and not unreadable(copy):
+        mine = _sources(nbformat.read(copy, as_version=4))
+        for directives in (True, False):
+            if mine == _sources(learner_edition(found[0], directives=directives)[0]):
+                copy.unlink()
+                return Written(copy, "removed")
+    return Written(copy, "kept yours")
 
 
 def describe(w: Written) -> str:
@@ -242,6 +291,10 @@ def describe(w: Written) -> str:
         )
     if w.action == "kept":
         return f"kept {_show(w.target)} (yours)"
+    if w.action == "removed":
+        return f"removed {_show(w.target)}: a reference notebook an earlier layout copied here, unchanged (not an exercise)"
+    if w.action == "kept yours":
+        return f"kept {_show(w.target)}: not an exercise any more, but it holds changes of yours (the reference is in nbs/)"
     if w.action == "replaced":
         return f"wrote {_show(w.target)} ({tasks}); yours moved to {_show(w.backup)}"
     return f"wrote {_show(w.target)} ({tasks})"
@@ -273,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     for w in done:
         if w.unreadable:
             print(describe(w), file=sys.stderr)
-        elif not (args.quiet and w.action == "kept"):
+        elif not (args.quiet and w.action in ("kept", "kept yours")):
             print(describe(w))
-    if args.quiet and all(w.action == "kept" for w in done):
+    if args.quiet and all(w.action in ("kept", "kept yours") for w in done):
         return 0
     start = _show(done[0].target)
     kept = any(w.action == "kept" for w in done)
