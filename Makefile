@@ -101,7 +101,7 @@ status: install ## is the local MLflow server up?
 
 reset: stop ## stop the server and delete its runs, models and artifacts (.mlflow/), wandb/ and CI outputs
 	@# refuse (one line naming the pids, exit 1) while a process still uses .mlflow/mlflow.db; no .venv: no server of ours
-	@if [ -x $(BIN)/mlops-mlflow ]; then $(BIN)/python -c 'import sys; from mlops_day28.tracking_server import reset_refusal; sys.exit(reset_refusal())'; fi
+	@if [ -x $(BIN)/mlops-mlflow ]; then $(BIN)/python -c 'import sys; from mlops_day28.reliability.local_server import reset_refusal; sys.exit(reset_refusal())'; fi
 	rm -rf .mlflow wandb .workbook ci-artifacts .prometheus monitoring/model
 
 export: install ## regenerate mlops_day28/ from the notebooks (ruff then sorts its imports and formats it)

@@ -19,7 +19,7 @@ already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own:
 temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
 
 A session that executes notebooks holds the project's workbook lock (`.workbook/lock`, shared:
-`00i_coordination`) from its start to its end, so it never runs beside `make workbook` in the
+`reliability/03_coordination`) from its start to its end, so it never runs beside `make workbook` in the
 same project: whichever comes second says who runs, in one line, and exits with code 2.
 """
 
@@ -36,7 +36,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# The solution edition (nbs/): a task check that fails is a bug, so q.check() raises (00j_exercises).
+# The solution edition (nbs/): a task check that fails is a bug, so q.check() raises (workbook/01_tasks).
 os.environ.setdefault("MLOPS_STRICT_CHECKS", "1")
 # One thread per torch process: the tests run in three processes on two cores, each starting
 # kernels and commands of its own; with torch's default (a thread per core each) they fight
@@ -56,7 +56,7 @@ _TICKS = "test_workbook_ticks"
 
 def _group(path: str) -> str:
     "The unit of work of the test at `path` (relative to the project): the exercises, or its own file."
-    exercise = re.fullmatch(r"nbs/0[1-6]_[^/]*\.ipynb", path) or path == f"tests/{_TICKS}.py"
+    exercise = re.fullmatch(r"nbs/exercises/0[1-6]_[^/]*\.ipynb", path) or path == f"tests/{_TICKS}.py"
     return EXERCISES if exercise else path
 
 
@@ -83,7 +83,7 @@ _FIRST = [
     "test_serving",
     "test_pipeline",
     "test_tracking_server",
-    "00d_tracking_server",
+    "02_local_server",
     "07_team",
 ]
 
@@ -109,7 +109,7 @@ def pytest_collection_modifyitems(items):
 
 
 _FIGURE_AS_TEXT = re.compile(r"<\w*Figure size \d+x\d+ with \d+ Axes>")
-_EXERCISE_NOTEBOOK = re.compile(r"0[1-7]_[a-z]+\.ipynb")
+_EXERCISE_NOTEBOOK = re.compile(r"0[1-7]_[a-z]+\.ipynb")  # in nbs/exercises/
 _WARNING_LINE = re.compile(r"^.*\bWARNING\b.*$", re.MULTILINE)
 
 
@@ -132,7 +132,8 @@ def pytest_runtest_call(item):
     result = yield
     outputs = getattr(item, "test_outputs", None)  # nbval's outputs of the cell it just ran
     if outputs:
-        problems = shown_wrong(outputs, exercise=bool(_EXERCISE_NOTEBOOK.fullmatch(item.path.name)))
+        exercise = item.path.parent.name == "exercises" and bool(_EXERCISE_NOTEBOOK.fullmatch(item.path.name))
+        problems = shown_wrong(outputs, exercise=exercise)
         if problems:
             pytest.fail(f"{item.path.name}, {item.name}: " + "; ".join(problems), pytrace=False)
     return result
@@ -168,7 +169,7 @@ def pytest_sessionstart(session):
     "A session that executes this project's notebooks holds its workbook lock (shared): not while `make workbook` runs."
     if hasattr(session.config, "workerinput") or not runs_notebooks(session.config):
         return  # an xdist worker (the controller holds it for the session), or no notebook to run
-    from mlops_day28.coordination import ProjectBusy, ProjectLock
+    from mlops_day28.reliability.coordination import ProjectBusy, ProjectLock
 
     try:
         lock = ProjectLock(session.config.rootpath, "pytest, executing the notebooks", shared=True).acquire()
@@ -184,7 +185,7 @@ def _team_root(session) -> None:
     "07_team starts a team server: in a folder of this session's, on a free port; stopped in pytest_sessionfinish."
     if os.environ.get("MLOPS_TEAM_ROOT") or not any(i.path.name == TEAM_NOTEBOOK for i in session.items):
         return
-    from mlops_day28.processes import free_port
+    from mlops_day28.reliability.processes import free_port
 
     root = tempfile.mkdtemp(prefix="mlops-day28-team-")  # not under pytest's folder, which only root may enter
     os.chmod(root, 0o755)  # as root, PostgreSQL runs as `postgres`, which must reach .team/pg
@@ -197,8 +198,8 @@ def pytest_collection_finish(session):
     _team_root(session)
     if os.environ.get("MLFLOW_TRACKING_URI") or not any(_needs_server(i) for i in session.items):
         return
-    from mlops_day28.processes import free_port
-    from mlops_day28.tracking_server import start_tracking_server
+    from mlops_day28.reliability.local_server import start_tracking_server
+    from mlops_day28.reliability.processes import free_port
 
     root = tempfile.mkdtemp(prefix="mlops-day28-tests-")
     server = start_tracking_server(port=free_port(), root=root)
@@ -212,7 +213,7 @@ def pytest_sessionfinish(session, exitstatus):
         lock.release()
     team_root = getattr(session.config, "_mlops_team_root", None)
     if team_root:
-        from mlops_day28.team_server import stop_team_server
+        from mlops_day28.team.server import stop_team_server
 
         stop_team_server(team_root)  # by the process ids recorded when it started, if it did
         os.environ.pop("MLOPS_TEAM_ROOT", None)
@@ -220,7 +221,7 @@ def pytest_sessionfinish(session, exitstatus):
     started = getattr(session.config, "_mlops_server", None)
     if not started:
         return
-    from mlops_day28.tracking_server import stop_tracking_server
+    from mlops_day28.reliability.local_server import stop_tracking_server
 
     _server, root = started
     stop_tracking_server(root)  # by the process id recorded when it started

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from mlops_day28.config import load_config
-from mlops_day28.processes import Process, free_port, http_get, start_process
+from mlops_day28.reliability.local_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.processes import Process, free_port, http_get, start_process
 from mlops_day28.tracking import run_tracked_training
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
 
 BIN = Path(sys.executable).parent
 NAME = "bench-digits"

@@ -33,9 +33,9 @@ import httpx
 import psutil
 
 from mlops_day28.config import load_config
-from mlops_day28.drift import InputProfile
-from mlops_day28.processes import free_port
-from mlops_day28.prometheus import scrape, start_service
+from mlops_day28.data import InputProfile
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.serve.prometheus import scrape, start_service
 from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 

@@ -33,11 +33,10 @@ from mlops_day28.config import (
     load_config,
     with_values,
 )
-from mlops_day28.processes import free_port
-from mlops_day28.sweep import results_table, run_grid_sweep
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.local_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.sweep import grid_points, results_table, run_grid_sweep
 from mlops_day28.training import prepare_training
-from mlops_day28.trials import grid_points
 
 
 def timed_sweep(cfg, name, n_jobs):

@@ -37,9 +37,9 @@ import mlflow
 import torch
 
 from mlops_day28.config import load_config
-from mlops_day28.processes import free_port
+from mlops_day28.reliability.local_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.processes import free_port
 from mlops_day28.tracking import MLflowEpochLogger, run_params, run_tracked_training
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
 from mlops_day28.training import prepare_training
 
 

@@ -31,9 +31,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
 
-from mlops_day28.coordination import PID_TAG
-from mlops_day28.processes import free_port
-from mlops_day28.team_server import start_team_server, stop_team_server
+from mlops_day28.reliability.coordination import PID_TAG
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.team.server import start_team_server, stop_team_server
 
 EXPERIMENT = "week5_project_optimization"
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_day28.processes import free_port
-from mlops_day28.team_server import TeamServer, start_team_server, stop_team_server
-from mlops_day28.tracking_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.local_server import start_tracking_server, stop_tracking_server
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.team.server import TeamServer, start_team_server, stop_team_server
 
 
 @contextlib.contextmanager

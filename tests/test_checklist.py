@@ -1,4 +1,4 @@
-"""`mlops-check`: the course's summary checklist from the learner's state (nbs/00q_checklist).
+"""`mlops-check`: the course's summary checklist from the learner's state (nbs/workbook/08_checklist).
 
 Unit tests with stand-in checks modules; the notebook itself runs the command against a real
 server (an empty folder: ☐ for all six).
@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from mlops_day28 import checklist
-from mlops_day28.exercises import Result
+from mlops_day28.workbook import checklist
+from mlops_day28.workbook.tasks import Result
 
 
 def _fake(ok: bool):
@@ -63,7 +63,7 @@ def test_help_imports_nothing_heavy():
     import sys
 
     code = (
-        "import sys\nfrom mlops_day28 import checklist\nassert checklist.check(['--help']) == 0\n"
+        "import sys\nfrom mlops_day28.workbook import checklist\nassert checklist.check(['--help']) == 0\n"
         "heavy = [m for m in ('torch', 'mlflow', 'sklearn', 'pandas', 'optuna', 'fastapi') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
@@ -75,7 +75,7 @@ def test_the_callers_mlflow_settings_are_left_as_they_were(answering, monkeypatc
     "mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: a check in a test process must not change either."
     import os
 
-    import mlops_day28.exercises as ex
+    import mlops_day28.workbook.tasks as ex
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1234")
     monkeypatch.setattr(checklist, "_module", lambda exercise: _fake(True))

@@ -1,4 +1,4 @@
-"""Exercise 5's checks (mlops_day28.checks_cicd): missing and wrong answers are a ✗ with a hint, right ones a ✓.
+"""Exercise 5's checks (mlops_day28.workbook.checks_cicd): missing and wrong answers are a ✗ with a hint, right ones a ✓.
 
 The learner's files go to a folder of their own, declared as holding 05_cicd.ipynb. q1 needs the registry's
 champion (a server), so here its pieces run on a model trained in the test: `save_test_inputs` and
@@ -10,11 +10,13 @@ import shutil
 import uuid
 from pathlib import Path
 
-import mlflow  # noqa: F401  first: MLflow's entry point then imports mlops_day28.exercises whole
+import mlflow  # noqa: F401  first: MLflow's entry point then imports mlops_day28.workbook.tasks whole
 import pytest
 
-import mlops_day28.exercises as ex
-from mlops_day28.checks_cicd import (
+import mlops_day28.workbook.tasks as ex
+from mlops_day28.config import load_config
+from mlops_day28.training import prepare_training
+from mlops_day28.workbook.checks_cicd import (
     MY_GATE,
     MY_TEST,
     MY_WORKFLOW,
@@ -26,8 +28,6 @@ from mlops_day28.checks_cicd import (
     save_test_inputs,
     step_changes,
 )
-from mlops_day28.config import load_config
-from mlops_day28.training import prepare_training
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "ml_pipeline.yml"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from mlops_day28 import exercises
-from mlops_day28.checks_monitoring import (
+from mlops_day28.workbook import tasks as exercises
+from mlops_day28.workbook.checks_monitoring import (
     ALERTS_FILE,
     ALERTS_TEST,
     METRICS_FILE,

@@ -1,12 +1,12 @@
-"""Exercise 3's checks (mlops_day28.checks_pipeline): what counts as a misspelt key, a changed value, and a missing answer."""
+"""Exercise 3's checks (mlops_day28.workbook.checks_pipeline): what counts as a misspelt key, a changed value, and a missing answer."""
 
 import os
 
-import mlflow  # noqa: F401  first: MLflow's entry point then imports mlops_day28.exercises whole
+import mlflow  # noqa: F401  first: MLflow's entry point then imports mlops_day28.workbook.tasks whole
 import pytest
 
-import mlops_day28.exercises as ex
-from mlops_day28.checks_pipeline import MY_CONFIG, MY_TYPO, config_changes, misspelt_keys, q1, q2, q3
+import mlops_day28.workbook.tasks as ex
+from mlops_day28.workbook.checks_pipeline import MY_CONFIG, MY_TYPO, config_changes, misspelt_keys, q1, q2, q3
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Exercise 2's checks (nbs/00l_checks_registry) against a registry in memory: what counts as the learner's, and when each task is done."""
+"""Exercise 2's checks (nbs/workbook/03_checks_registry) against a registry in memory: what counts as the learner's, and when each task is done."""
 
 from types import SimpleNamespace
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-import mlops_day28.checks_registry as cr
-import mlops_day28.exercises as ex
-from mlops_day28.checks_registry import ALIAS, MY_MODEL, q1, q2, q3, q4, states_accuracy
+import mlops_day28.workbook.checks_registry as cr
+import mlops_day28.workbook.tasks as ex
+from mlops_day28.workbook.checks_registry import ALIAS, MY_MODEL, q1, q2, q3, q4, states_accuracy
 
 
 def run(source, run_id, **metrics):

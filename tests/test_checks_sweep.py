@@ -1,14 +1,14 @@
-"""Exercise 4's checks (mlops_day28.checks_sweep) and its checklist item, on runs made without training."""
+"""Exercise 4's checks (mlops_day28.workbook.checks_sweep) and its checklist item, on runs made without training."""
 
 import itertools
 import uuid
 
-import mlflow  # first: MLflow's entry point then imports mlops_day28.exercises whole
+import mlflow  # first: MLflow's entry point then imports mlops_day28.workbook.tasks whole
 import pytest
 from mlflow import MlflowClient
 
-import mlops_day28.exercises as ex
-from mlops_day28.checks_sweep import PARAM_GRID, PARENT_NAME, checklist, q1, q2, q3
+import mlops_day28.workbook.tasks as ex
+from mlops_day28.workbook.checks_sweep import PARAM_GRID, PARENT_NAME, checklist, q1, q2, q3
 
 pytestmark = pytest.mark.server
 

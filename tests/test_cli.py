@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlops_day28 import cli
-from mlops_day28.processes import free_port
+from mlops_day28.reliability.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -120,7 +120,7 @@ def test_each_command_meets_each_fault_with_one_line(files, monkeypatch, capsys,
 
 
 def test_an_unexpected_failure_is_one_line_and_exit_1(monkeypatch, capsys):
-    import mlops_day28.tracking_server as ts
+    import mlops_day28.reliability.local_server as ts
 
     def boom(*args, **kwargs):
         raise KeyError("something nobody expected")

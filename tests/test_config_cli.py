@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlops_day28 import cli
-from mlops_day28.config import load_config
-from mlops_day28.schema import Config
+from mlops_day28.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +48,7 @@ BAD_CONFIGS = {
     "training:\n  batch_size: 8\n  num_epochs: 2\n  batch_size: 16\n": "training.batch_size is given twice, on lines 2 and 4",
     "model: {dropout: 0.1, dropout: 0.2}": "model.dropout is given twice, on line 1 (",
     "sweep: {grid: {model.dropout: [0.1], model.dropout: [0.2]}}": "sweep.grid.model.dropout is given twice, on line 1",
-    # MLflow's limits (00_schema): names and values MLflow would refuse, or cut, once a run is under way
+    # MLflow's limits (core/01_config): names and values MLflow would refuse, or cut, once a run is under way
     f"experiment_name: {'e' * 257}": "experiment_name: 257 characters, over MLflow's limit of 256 for an experiment name",
     "experiment_name: ''": "experiment_name: String should have at least 1 character",
     f"tracking: {{run_name: {'r' * 251}}}": "tracking.run_name: 251 characters, over MLflow's limit of 250 for a run name",
@@ -156,7 +155,7 @@ def test_the_schema_limits_are_the_installed_mlflows():
     from mlflow.utils import validation
     from optuna.storages._rdb.models import StudyModel
 
-    from mlops_day28 import schema
+    from mlops_day28 import config as schema
 
     assert SqlExperiment.name.type.length == schema.MLFLOW_EXPERIMENT_NAME_MAX == 256
     assert validation.MAX_EXPERIMENT_NAME_LENGTH >= schema.MLFLOW_EXPERIMENT_NAME_MAX  # its own check allows 500

@@ -11,7 +11,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
-from mlops_day28.coordination import (
+from mlops_day28.reliability.coordination import (
     LOCK_PREFIX,
     LOCKED_AT_TAG,
     PID_STARTED_TAG,
@@ -109,7 +109,7 @@ def test_a_free_lock_is_taken_without_a_word(capsys):
     assert capsys.readouterr().err == ""
 
 
-HOLD = "import sys, time; from mlops_day28.coordination import ProjectLock; ProjectLock(sys.argv[1], 'make workbook').acquire(); print('held', flush=True); time.sleep(120)"
+HOLD = "import sys, time; from mlops_day28.reliability.coordination import ProjectLock; ProjectLock(sys.argv[1], 'make workbook').acquire(); print('held', flush=True); time.sleep(120)"
 
 
 def test_the_workbook_lock_names_its_holder_and_goes_with_its_process(tmp_path):

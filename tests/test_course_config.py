@@ -17,10 +17,9 @@ import pytest
 import torch
 
 from mlops_day28 import cli
-from mlops_day28.config import load_config
+from mlops_day28.config import Config, DataConfig, ModelConfig, load_config
 from mlops_day28.data import DataError, find_dataset, load_dataset
 from mlops_day28.models import ResNet18, build_model, count_parameters
-from mlops_day28.schema import Config, DataConfig, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "tests" / "data" / "course_config.yaml"  # the course's file, verbatim
@@ -226,8 +225,8 @@ def test_pretrained_resnet18_is_refused_but_our_pretrained_is_unchanged():
 def test_the_fixed_course_config_trains(tmp_path):
     import psutil
 
-    from mlops_day28.processes import free_port, stop_process
-    from mlops_day28.tracking_server import start_tracking_server
+    from mlops_day28.reliability.local_server import start_tracking_server
+    from mlops_day28.reliability.processes import free_port, stop_process
 
     cfg = fixed_course_config(tmp_path)
     srv = start_tracking_server(port=free_port(), root=tmp_path, timeout=120)

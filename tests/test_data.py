@@ -9,9 +9,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mlops_day28.conflicts import config_conflicts
-from mlops_day28.data import DataError, check_classes, csv_line, load_csv_dataset, load_dataset, split_dataset
-from mlops_day28.schema import Config, DataConfig, SplitsConfig
+from mlops_day28.config import Config, DataConfig, SplitsConfig
+from mlops_day28.data import (
+    DataError,
+    check_classes,
+    config_conflicts,
+    csv_line,
+    load_csv_dataset,
+    load_dataset,
+    split_dataset,
+)
 from mlops_day28.training import prepare_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +213,7 @@ def test_one_stray_label_is_named_by_line_never_as_a_new_class(tmp_path):
     with pytest.raises(DataError) as e:  # training refuses it with the same line
         prepare_training(cfg)
     assert str(e.value) == expected
-    assert config_conflicts(cfg) == [expected]  # and so does mlops-check-config (00aa_conflicts)
+    assert config_conflicts(cfg) == [expected]  # and so does mlops-check-config (core/01_config)
 
 
 def test_a_few_stray_rows_are_counted(tmp_path):

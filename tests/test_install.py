@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_day28.processes import HOST, free_port, start_process
+from mlops_day28.reliability.processes import HOST, free_port, start_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

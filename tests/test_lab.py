@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_day28.processes import free_port, http_get, start_process
+from mlops_day28.reliability.processes import free_port, http_get, start_process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -199,7 +199,7 @@ SEVEN = [  # the learner's path, named here rather than by the function under te
 
 
 def test_the_real_solution_edition_is_the_seven_exercises(tmp_path, make_learner):
-    code, out, err = make_learner(nbs=ROOT / "nbs")
+    code, out, err = make_learner(nbs=ROOT / "nbs" / "exercises")
     assert code == 0, err
     written = sorted((tmp_path / "learner").glob("*.ipynb"))
     assert [p.name for p in written] == SEVEN
@@ -212,7 +212,20 @@ def test_the_real_solution_edition_is_the_seven_exercises(tmp_path, make_learner
         )  # nothing that means nothing to a learner
         markdown = "".join(c.source for c in nb.cells if c.cell_type == "markdown")  # text about the markers
         assert path.read_text().count(learner.BEGIN) == markdown.count(learner.BEGIN), path.name
+        links = [m.group(2) for m in learner.RELATIVE_LINK.finditer(markdown)]
+        assert all((path.parent / link.partition("#")[0]).exists() for link in links), (path.name, links)
     assert out.strip().splitlines()[-1].startswith(f"Start with {tmp_path / 'learner' / '01_tracking.ipynb'}")
+
+
+def test_links_to_the_reference_work_from_the_learners_folder():
+    "An exercise links to its helper's notebook in nbs/; from learner/ the same file is one folder further."
+    exercises, out = ROOT / "nbs" / "exercises", ROOT / "learner"
+    md = "In [`core/06_registry`](../core/06_registry.ipynb#the-gate), [docs](https://mlflow.org) and [up](#top)."
+    assert learner.relink(md, exercises, out) == (
+        "In [`core/06_registry`](../nbs/core/06_registry.ipynb#the-gate), [docs](https://mlflow.org) and [up](#top)."
+    )
+    nb, _ = learner.learner_edition(exercises / "02_registry.ipynb", out=out)
+    assert "](../nbs/core/06_registry.ipynb)" in "".join(c.source for c in nb.cells if c.cell_type == "markdown")
 
 
 def test_directives_are_left_out_and_a_cell_of_nothing_else_is_dropped(tmp_path):
@@ -231,25 +244,20 @@ def test_directives_are_left_out_and_a_cell_of_nothing_else_is_dropped(tmp_path)
     ]
 
 
-def test_reference_copies_from_the_old_layout_go_unless_they_hold_changes(nbs, tmp_path, make_learner):
+def test_reference_copies_from_the_old_layout_move_to_the_backup(nbs, tmp_path, make_learner):
+    "An earlier layout copied reference notebooks into learner/: they move to learner/backup/, never deleted."
     out = tmp_path / "learner"
     out.mkdir()
-    as_written = learner.learner_edition(nbs / "06f_reference.ipynb", directives=True)[0]  # as the old layout wrote it
-    as_written.cells[0].outputs = [v4.new_output("stream", text="ran\n")]  # run, not edited: nothing of yours
-    nbformat.write(as_written, out / "06f_reference.ipynb")
-    edited = learner.learner_edition(nbs / "00_helpers.ipynb", directives=True)[0]
-    edited.cells[0].source += "\nmy_note = 'mine'"
-    nbformat.write(edited, out / "00_helpers.ipynb")
-    mine = (out / "00_helpers.ipynb").read_bytes()
-
+    (out / "06f_body_limit.ipynb").write_text("as it was written")
+    (out / "00j_exercises.ipynb").write_text("with a note of mine")
     code, out_text, _ = make_learner()
     assert code == 0
-    assert not (out / "06f_reference.ipynb").exists()
-    assert f"removed {out / '06f_reference.ipynb'}: a reference notebook an earlier layout copied here" in out_text
-    assert (out / "00_helpers.ipynb").read_bytes() == mine  # it holds changes: kept, byte for byte
-    assert f"kept {out / '00_helpers.ipynb'}: not an exercise any more, but it holds changes of yours" in out_text
-    assert sorted(p.name for p in out.glob("*.ipynb")) == ["00_helpers.ipynb", "01_first.ipynb", "07_plain.ipynb"]
-    code, out_text, _ = make_learner("--quiet")  # make lab: nothing to say about a copy it keeps
+    [backup] = (out / "backup").iterdir()
+    assert (backup / "06f_body_limit.ipynb").read_text() == "as it was written"
+    assert (backup / "00j_exercises.ipynb").read_text() == "with a note of mine"
+    assert f"moved {out / '00j_exercises.ipynb'} to {backup / '00j_exercises.ipynb'}: a reference notebook" in out_text
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["01_first.ipynb", "07_plain.ipynb"]
+    code, out_text, _ = make_learner("--quiet")  # make lab: nothing left to say
     assert (code, out_text) == (0, "")
 
 

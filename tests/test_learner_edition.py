@@ -42,7 +42,7 @@ def _text(cell) -> str:
 
 @pytest.mark.parametrize("name", WITH_TASKS)
 def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_uri, monkeypatch):
-    nb, cleared = learner.learner_edition(ROOT / "nbs" / f"{name}.ipynb")
+    nb, cleared = learner.learner_edition(ROOT / "nbs" / "exercises" / f"{name}.ipynb")
     checks = [c for c in nb.cells if c.cell_type == "code" and CHECK.search(c.source)]
     assert cleared >= 2 and len(checks) >= cleared, (cleared, len(checks))
     nbformat.write(nb, folder / f"{name}.ipynb")

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NBS = Path(__file__).resolve().parents[1] / "nbs"
+NBS = Path(__file__).resolve().parents[1] / "nbs" / "exercises"
 
 # the plain calls the course teaches, which each notebook shows before any helper of ours
 PLAIN = {
@@ -75,10 +75,27 @@ def test_tasks_have_solutions_and_checks(name):
 @pytest.mark.parametrize("name", sorted(PLAIN))
 def test_plain_calls_come_before_the_first_helper(name):
     nb = cells(name)
-    first_export = next(i for i, c in enumerate(nb) if c.cell_type == "code" and re.match(r"#\|\s*export", c.source))
-    before = "\n".join(c.source for c in nb[:first_export] if c.cell_type == "code")
+    helper = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and re.match(r"## Our helper", c.source))
+    before = "\n".join(c.source for c in nb[:helper] if c.cell_type == "code")
     missing = [call for call in PLAIN[name] if call not in before]
-    assert not missing, f"{name}: not before the first exported cell: {missing}"
+    assert not missing, f"{name}: not before '## Our helper': {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_reflection_follows_our_helper(name):
+    "The package's code lives in its reference notebook: between 'Our helper' and 'Reflection' no other section starts."
+    nb = cells(name)
+    sections = [
+        line[3:].strip()
+        for c in nb
+        if c.cell_type == "markdown"
+        for line in c.source.splitlines()
+        if line.startswith("## ")
+    ]
+    helper = next(i for i, s in enumerate(sections) if s.startswith("Our helper"))
+    assert sections[helper + 1] == "Reflection", (
+        f"{name}: sections after {sections[helper]!r}: {sections[helper + 1 :]}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PLAIN))
@@ -96,14 +113,14 @@ def test_reflection_asks_and_leaves_room_to_answer(name):
     assert any("<details>" in c.source for c in rest), f"{name}: our answers are not folded"
 
 
-@pytest.mark.parametrize("first", ["mlops_day28.exercises", "mlflow"])
+@pytest.mark.parametrize("first", ["mlops_day28.workbook.tasks", "mlflow"])
 def test_runs_record_their_notebook_whichever_is_imported_first(first):
     "The entry point must load while mlflow itself is importing: no circular import, no skipped provider."
     import subprocess
     import sys
 
     code = (
-        f"import {first}\nimport mlflow\nimport mlops_day28.exercises as ex\n"
+        f"import {first}\nimport mlflow\nimport mlops_day28.workbook.tasks as ex\n"
         "from mlflow.tracking.context.registry import resolve_tags\n"
         "ex._NOTEBOOK = 'learner/01_tracking.ipynb'\n"
         "t = resolve_tags()\nprint(t['mlflow.source.name'], t['mlflow.source.type'])"

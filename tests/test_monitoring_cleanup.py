@@ -23,14 +23,14 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from mlops_day28.processes import port_is_open
+from mlops_day28.reliability.processes import port_is_open
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 RECORD = """
 import json, os
-from mlops_day28.checks_monitoring import _WATCHING  # the Prometheus q1's check started for q2's
+from mlops_day28.workbook.checks_monitoring import _WATCHING  # the Prometheus q1's check started for q2's
 procs = [p for p in (service, prometheus, *_WATCHING.values()) if p]
 json.dump({
     "kernel": os.getpid(),
@@ -42,7 +42,7 @@ json.dump({
 
 def _truncated(record: Path, stop: str) -> nbformat.NotebookNode:
     "06_monitoring up to q1's check, then a cell recording what runs, then `stop`."
-    nb = nbformat.read(ROOT / "nbs" / "06_monitoring.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "nbs" / "exercises" / "06_monitoring.ipynb", as_version=4)
     end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and re.match(r"q1\.check\(\)", c.source))
     nb.cells = [*nb.cells[: end + 1], nbformat.v4.new_code_cell(RECORD % str(record)), nbformat.v4.new_code_cell(stop)]
     return nb
@@ -72,7 +72,7 @@ def test_nothing_is_left_behind_when_the_notebook_stops_midway(stop, tracking_ur
         interrupt_on_timeout=True,
         kernel_name="python3",
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        resources={"metadata": {"path": str(ROOT / "nbs")}},
+        resources={"metadata": {"path": str(ROOT / "nbs" / "exercises")}},
     )
     with pytest.raises(CellExecutionError) as e:
         client.execute()
@@ -100,7 +100,7 @@ def test_a_background_process_dies_with_its_parent_even_when_killed(tmp_path):
         [
             sys.executable,
             "-c",
-            "from mlops_day28.prometheus import launch; import time, pathlib\n"
+            "from mlops_day28.serve.prometheus import launch; import time, pathlib\n"
             f"p = launch(['sleep', '300'], 'sleeper', 'http://127.0.0.1:1', lambda: True, 5, wait=False)\n"
             f"pathlib.Path({str(out)!r}).write_text(str(p.pid)); time.sleep(300)",
         ],

@@ -22,6 +22,12 @@ def copy(tmp_path_factory):
     return dst
 
 
+def out_of_sync(cmp: filecmp.dircmp, prefix: str = "") -> list[str]:
+    "Files that differ, or are on one side only, in the folder and every folder under it."
+    here = [prefix + name for name in cmp.diff_files + cmp.left_only + cmp.right_only]
+    return here + [f for name, sub in sorted(cmp.subdirs.items()) for f in out_of_sync(sub, f"{prefix}{name}/")]
+
+
 def test_nbdev_export_leaves_no_diff(copy):
     "What `make export` does: nbdev-export, then ruff sorts the imports and formats the modules."
     for cmd in (
@@ -31,8 +37,7 @@ def test_nbdev_export_leaves_no_diff(copy):
     ):
         r = subprocess.run([BIN / cmd[0], *cmd[1:]], cwd=copy, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-    cmp = filecmp.dircmp(ROOT / "mlops_day28", copy / "mlops_day28", ignore=["__pycache__"])
-    stale = cmp.diff_files + cmp.left_only + cmp.right_only
+    stale = out_of_sync(filecmp.dircmp(ROOT / "mlops_day28", copy / "mlops_day28", ignore=["__pycache__"]))
     assert not stale, f"mlops_day28/ is out of sync with nbs/ ({stale}): run `make export` and commit"
 
 
@@ -42,6 +47,8 @@ def test_notebooks_are_clean(copy):
         r = subprocess.run([BIN / cmd[0], *cmd[1:]], cwd=copy, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
     dirty = [
-        p.name for p in sorted((ROOT / "nbs").glob("*.ipynb")) if p.read_bytes() != (copy / "nbs" / p.name).read_bytes()
+        str(p.relative_to(ROOT / "nbs"))
+        for p in sorted((ROOT / "nbs").rglob("*.ipynb"))
+        if p.read_bytes() != (copy / p.relative_to(ROOT)).read_bytes()
     ]
     assert not dirty, f"notebooks with outputs or metadata: {dirty}: run `make clean-nbs` and commit"

@@ -25,7 +25,7 @@ EXPERIMENT = "tests_pipeline"
 
 
 def train_cli(*args, env=None, module=False):
-    cmd = [sys.executable, "-m", "mlops_day28.pipeline"] if module else [MLOPS_TRAIN]
+    cmd = [sys.executable, "-m", "mlops_day28.cli", "train"] if module else [MLOPS_TRAIN]
     return subprocess.run(
         [*cmd, *map(str, args)],
         capture_output=True,
@@ -130,7 +130,7 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(tracking_uri,
     assert "Final test accuracy: 0." in first.stdout
     assert f"Registered {name} v1 as challenger; gate: promoted to champion" in first.stdout
     assert model_aliases(name) == {"champion": "1", "challenger": "1"}
-    second = train_cli(*args, module=True)  # python -m mlops_day28.pipeline
+    second = train_cli(*args, module=True)  # python -m mlops_day28.cli train
     assert second.returncode == 0, second.stderr
 
     def final(r):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from mlops_day28 import plots
+from mlops_day28 import tracking as plots
 from mlops_day28.training import History
 
 _spec = importlib.util.spec_from_file_location("project_conftest", Path(__file__).resolve().parents[1] / "conftest.py")

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlops_day28 import promotion
+from mlops_day28 import registry as promotion
 from mlops_day28.config import load_config
-from mlops_day28.promotion import promote_if_better, rollback
 from mlops_day28.registry import (
     ModelLoadError,
     RegistryError,
     load_model,
     model_aliases,
+    promote_if_better,
     register_run_model,
     resolve_model_uri,
+    rollback,
 )
 from mlops_day28.tracking import run_tracked_training
 

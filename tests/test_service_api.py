@@ -1,4 +1,4 @@
-"""The model service's declared API (nbs/06d_payloads, 06_monitoring), held to it from outside.
+"""The model service's declared API (nbs/serve/01_payloads, 06_monitoring), held to it from outside.
 
 A real `mlops-serve` process: schemathesis generates requests from its OpenAPI schema
 (`--checks all`: no 5xx, only documented statuses and content types, schema-valid requests
@@ -27,9 +27,9 @@ import httpx
 import pytest
 
 from mlops_day28.config import load_config
-from mlops_day28.drift import InputProfile
-from mlops_day28.processes import free_port
-from mlops_day28.prometheus import start_service
+from mlops_day28.data import InputProfile
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.serve.prometheus import start_service
 from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 

@@ -1,4 +1,4 @@
-"""The model service past one process, and following its alias (nbs/06_monitoring, 06g_feedback_store, 06h_reload).
+"""The model service past one process, and following its alias (nbs/06_monitoring, serve/04_feedback_store, serve/08_reload).
 
 Real `mlops-serve` processes: two workers whose metrics a real Prometheus sums to exactly
 the predictions made, with feedback for every prediction accepted once whichever worker
@@ -24,10 +24,10 @@ import pytest
 from mlflow import MlflowClient
 
 from mlops_day28.config import load_config
-from mlops_day28.drift import InputProfile
-from mlops_day28.processes import free_port
-from mlops_day28.prometheus import prometheus_get, start_prometheus, start_service
-from mlops_day28.served_model import load_served_model
+from mlops_day28.data import InputProfile
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.serve.prometheus import prometheus_get, start_prometheus, start_service
+from mlops_day28.serve.served_model import load_served_model
 from mlops_day28.tracking import log_torch_model, save_torch_model
 from mlops_day28.training import prepare_training
 

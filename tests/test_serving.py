@@ -22,21 +22,22 @@ import yaml
 from fastapi.testclient import TestClient
 
 from mlops_day28.config import load_config
-from mlops_day28.dashboard import dashboard_series, emulate_alert, histogram_quantile
-from mlops_day28.drift import InputProfile, PixelDrift, drifted
+from mlops_day28.data import InputProfile
 from mlops_day28.models import ARCHITECTURES, build_model
-from mlops_day28.payloads import INVALID_REASONS
-from mlops_day28.processes import free_port
-from mlops_day28.prometheus import (
+from mlops_day28.registry import ModelLoadError
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.serve.app import create_app
+from mlops_day28.serve.dashboard import dashboard_series, emulate_alert, histogram_quantile
+from mlops_day28.serve.drift import PixelDrift, drifted
+from mlops_day28.serve.payloads import INVALID_REASONS
+from mlops_day28.serve.prometheus import (
     prometheus_get,
     scrape,
     send_traffic,
     start_prometheus,
     start_service,
 )
-from mlops_day28.registry import ModelLoadError
-from mlops_day28.served_model import load_served_model
-from mlops_day28.serving import create_app
+from mlops_day28.serve.served_model import load_served_model
 from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 

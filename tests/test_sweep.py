@@ -12,10 +12,19 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from mlops_day28 import cli, sweep, trials
+from mlops_day28 import cli, sweep
+from mlops_day28 import sweep as trials
 from mlops_day28.config import load_config
-from mlops_day28.sweep import SweepError, mark_best, results_table, run_grid_sweep, start_sweep, sweep_children
-from mlops_day28.tpe import run_tpe_sweep, storage_url
+from mlops_day28.sweep import (
+    SweepError,
+    mark_best,
+    results_table,
+    run_grid_sweep,
+    run_tpe_sweep,
+    start_sweep,
+    storage_url,
+    sweep_children,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -258,7 +267,7 @@ def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(tracking_uri, monkeypat
     "A worker process that dies ends the sweep with exit code 1 (it was not the input's fault), one line, the parent FAILED."
     import os
 
-    from mlops_day28 import tpe
+    from mlops_day28 import sweep as tpe
 
     monkeypatch.setattr(tpe, "tpe_worker", lambda *args: os._exit(3))  # forked workers inherit the patch
     name = f"crash_{uuid.uuid4().hex[:8]}"
@@ -297,7 +306,7 @@ def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(tracking_u
 @pytest.mark.slow
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_runs_again(tracking_uri):
     "Optuna never calls a trial stale that never beat: a worker gives it a first heartbeat, then it is retried."
-    from mlops_day28.distributed import join_sweep
+    from mlops_day28.team.workers import join_sweep
 
     name = f"silent_{uuid.uuid4().hex[:8]}"
     sets = [f"sweep.name={name}", "experiment_name=tests_sweep", "training.num_epochs=1", f"sweep.grid={SMALL_GRID}"]

@@ -1,4 +1,4 @@
-"""The team server reached from other machines (nbs/00db_team_server, 04c_distributed): network namespaces made by the test.
+"""The team server reached from other machines (nbs/team/02_server, team/03_workers): network namespaces made by the test.
 
 One namespace is the server's machine: PostgreSQL on its own loopback, the MLflow team
 server on its address on a bridge. Another is a worker's machine, with a host name of its
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from netns import Machines, netns_unavailable
 
-from mlops_day28.tracking_server import mlflow_version_at
+from mlops_day28.reliability.local_server import mlflow_version_at
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The team server (nbs/00db_team_server): MLflow on a PostgreSQL of the project's own, with proxied artifacts.
+"""The team server (nbs/team/02_server): MLflow on a PostgreSQL of the project's own, with proxied artifacts.
 
 Needs Debian's postgresql package. Without it these tests skip with that reason, except
 where MLOPS_REQUIRE_POSTGRES=1 (set by .ci/run): there they fail.
@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlops_day28.postgres import postgres_program
-from mlops_day28.processes import free_port
-from mlops_day28.team_server import start_team_server, stop_team_server, team_status
+from mlops_day28.reliability.processes import free_port
+from mlops_day28.team.postgres import postgres_program
+from mlops_day28.team.server import start_team_server, stop_team_server, team_status
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from mlops_day28.config import load_config
-from mlops_day28.tracking import MLflowEpochLogger, run_tracked_training
-from mlops_day28.wandb_offline import run_wandb_offline
+from mlops_day28.tracking import MLflowEpochLogger, run_tracked_training, run_wandb_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 

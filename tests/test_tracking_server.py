@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from mlops_day28 import cli
-from mlops_day28.errors import InputError
-from mlops_day28.processes import free_port, is_running, port_is_open
-from mlops_day28.tracking_server import (
+from mlops_day28.config import InputError
+from mlops_day28.reliability.local_server import (
     TrackingServerError,
     ensure_tracking_server,
     find_tracking_server,
@@ -20,6 +19,7 @@ from mlops_day28.tracking_server import (
     start_tracking_server,
     stop_tracking_server,
 )
+from mlops_day28.reliability.processes import free_port, is_running, port_is_open
 
 MLOPS_MLFLOW = str(Path(sys.executable).parent / "mlops-mlflow")
 

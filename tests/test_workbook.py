@@ -113,7 +113,8 @@ URI = "http://127.0.0.1:5000"
     ],
 )
 def test_the_last_line_names_the_command_that_stops_that_server(monkeypatch, team, local, named, hint):
-    from mlops_day28 import team_server, tracking_server
+    from mlops_day28.reliability import local_server as tracking_server
+    from mlops_day28.team import server as team_server
 
     monkeypatch.setattr(team_server, "recorded_team_server", lambda root: team and SimpleNamespace(uri=team))
     monkeypatch.setattr(tracking_server, "recorded_server", lambda root: local and SimpleNamespace(uri=local))
@@ -148,7 +149,7 @@ def test_jobs_must_be_positive(tmp_path, run, capsys):
 
 
 def test_a_run_is_refused_while_another_executes_the_projects_notebooks(tmp_path, run):
-    from mlops_day28.coordination import ProjectLock
+    from mlops_day28.reliability.coordination import ProjectLock
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()

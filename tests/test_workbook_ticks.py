@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mlops_day28 import checklist
+from mlops_day28.workbook import checklist
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-EXERCISES = sorted(p.name for p in (ROOT / "nbs").glob("0[1-9]_*.ipynb"))
+EXERCISES = sorted(p.name for p in (ROOT / "nbs" / "exercises").glob("0[1-9]_*.ipynb"))
 
 
 def _run_workbook(out_dir: Path, capsys) -> None:
@@ -34,7 +34,7 @@ def test_after_the_solution_edition_every_item_is_ticked(request, tracking_uri, 
     executed = {item.path.name for item in request.session.items if item.path.suffix == ".ipynb"}
     if not set(EXERCISES) <= executed:  # not part of this session: run them here
         _run_workbook(tmp_path, capsys)
-    code = checklist.check(["--folder", "nbs"])
+    code = checklist.check(["--folder", "nbs/exercises"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count("☑") == 6 and "☐" not in out and "6 of 6 done." in out, out

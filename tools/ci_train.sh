@@ -10,7 +10,7 @@ MODEL=models:/digits-classifier@challenger
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-PORT=$("$BIN/python" -c "from mlops_day28.processes import free_port; print(free_port())")
+PORT=$("$BIN/python" -c "from mlops_day28.reliability.processes import free_port; print(free_port())")
 "$BIN/mlops-mlflow" start --root "$OUT" --port "$PORT"
 trap '"$BIN/mlops-mlflow" stop --root "$OUT"' EXIT
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT" MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false

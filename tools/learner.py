@@ -5,11 +5,12 @@ nbs/ are the solution edition: each task's solution sits between nbgrader's mark
 `### BEGIN SOLUTION` and `### END SOLUTION` in a code cell. Here nbgrader's own ClearSolutions
 preprocessor (without its app or database) replaces each such region with its stub,
 `# YOUR CODE HERE` + `raise NotImplementedError()`. Everything else stays as in nbs/: markdown
-(never changed), the other code, cell ids and metadata; outputs are cleared, and nbdev's directives
+(its relative links made to work from learner/), the other code, cell ids and metadata; outputs are cleared, and nbdev's directives
 (`#| export`) and nbval's markers (`# NBVAL_IGNORE_OUTPUT`), which mean nothing to a learner, are left out.
-Only the exercises are written: the reference notebooks (00_*, 06f_*, ...) stay in nbs/. A reference
-notebook that an earlier layout copied into learner/ is removed if it is as it was written, and kept,
-with a line saying so, if it holds changes.
+Only the exercises are written (nbs/exercises/); the reference notebooks stay in nbs/, and
+an exercise's link to one (../core/06_registry.ipynb) becomes ../nbs/core/06_registry.ipynb. A reference
+notebook that an earlier layout copied into learner/ (00j_exercises.ipynb, 06f_body_limit.ipynb, ...)
+is moved to learner/backup/<timestamp>/, never deleted: a line says so.
 
 A learner's notebook is never overwritten: an existing learner/NN_name.ipynb is kept as it is.
 With --force (`make learner FORCE=1`) it is first moved to learner/backup/<timestamp>/ (a new
@@ -54,6 +55,18 @@ EXERCISE = re.compile(r"(0[1-9]|[1-9][0-9])_[a-z][a-z_]*\.ipynb")  # 01_tracking
 # What the learner edition leaves out of code cells: nbdev's directives (`#| export`, `#| default_exp ...`) and
 # nbval's markers (`# NBVAL_IGNORE_OUTPUT`), which mean nothing to a learner. A cell of nothing else is dropped.
 DIRECTIVE = re.compile(r"^[ \t]*#(\|.*|[ \t]*NBVAL_[A-Z_]+.*)\n?", re.MULTILINE)
+# A markdown link to a relative path ([text](../core/06_registry.ipynb)): not a URL, an anchor or an absolute path.
+RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)(\))", re.IGNORECASE)
+
+
+def relink(markdown: str, src: Path, out: Path) -> str:
+    "`markdown` from a notebook in folder `src`, its relative links made to point to the same files from folder `out`."
+
+    def moved(m: re.Match) -> str:
+        target = os.path.normpath(os.path.join(src, m.group(2)))
+        return m.group(1) + Path(os.path.relpath(target, out)).as_posix() + m.group(3)
+
+    return RELATIVE_LINK.sub(moved, markdown)
 
 
 def exercise_notebooks(folder: Path) -> list[Path]:
@@ -62,7 +75,7 @@ def exercise_notebooks(folder: Path) -> list[Path]:
 
 
 def legacy_copies(out: Path) -> list[Path]:
-    "Reference notebooks an earlier `make learner` copied into `out` beside the exercises (06f_body_limit, 00j_...)."
+    "Reference notebooks an earlier `make learner` copied into `out` beside the exercises (serve/02_body_limit, 00j_...)."
     return sorted(p for p in out.glob("[0-9][0-9]*_*.ipynb") if not EXERCISE.fullmatch(p.name))
 
 
@@ -105,7 +118,7 @@ def _preprocessor() -> type:
 def learner_edition(
     path: Path,
     name: str | None = None,  # shows in errors
-    directives: bool = False,  # keep nbdev's and nbval's directives (what the old layout's copies kept)
+    out: Path | None = None,  # the folder it will be written to: its relative links are made to work from there
 ) -> tuple[NotebookNode, int]:
     "The learner edition of the notebook at `path` and how many solutions it clears."
     import nbformat  # here, not at the top: importing it takes seconds, and keeping needs none of it
@@ -117,11 +130,12 @@ def learner_edition(
         raise LearnerError(f"{name}: not a readable notebook ({type(e).__name__}: {e})") from None
     resources = {"name": name, "solutions": 0}
     nb, resources = _preprocessor()(enforce_metadata=False, log=_QUIET).preprocess(nb, resources)
-    if not directives:
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                cell.source = DIRECTIVE.sub("", cell.source)
-        nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.source.strip()]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = DIRECTIVE.sub("", cell.source)
+        elif cell.cell_type == "markdown" and out is not None:
+            cell.source = relink(cell.source, path.parent.absolute(), out.absolute())
+    nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.source.strip()]
     return nb, resources["solutions"]
 
 
@@ -193,7 +207,7 @@ class Written(NamedTuple):
     "What happened to one learner notebook."
 
     target: Path
-    action: str  # "wrote", "kept", "replaced"; for a legacy reference copy, "removed" or "kept yours"
+    action: str  # "wrote", "kept", "replaced"; "moved": a reference copy of the old layout, to learner/backup/
     solutions: int = 0
     backup: Path | None = None
     unreadable: str | None = None  # a kept notebook that JupyterLab cannot open: why
@@ -234,7 +248,7 @@ def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
     sources = exercise_notebooks(nbs)
     if not sources:
         raise LearnerError(f"no exercise notebooks (NN_*.ipynb, not 00*) in {_show(nbs)}/")
-    editions = {src: learner_edition(src, _show(src)) for src in sources if force or not (out / src.name).exists()}
+    editions = {src: learner_edition(src, _show(src), out) for src in sources if force or not (out / src.name).exists()}
     out.mkdir(parents=True, exist_ok=True)
     done, backup_folder = [], None
     for src in sources:
@@ -252,31 +266,13 @@ def build(nbs: Path, out: Path, force: bool = False) -> list[Written]:
         else:
             write_atomically(target, text)
             done.append(Written(target, "wrote", solutions))
-    return done + [tidy_legacy_copy(copy, nbs) for copy in legacy_copies(out)]
-
-
-def _sources(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source) for c in nb.cells]
-
-
-def tidy_legacy_copy(copy: Path, nbs: Path) -> Written:
-    """A reference notebook the old layout copied into learner/: removed if it is as it was written, else kept.
-
-    As it was written means: its cells' sources are those of the learner edition of its notebook in `nbs`
-    (found by name in any folder below), as the old layout wrote it (directives kept) or as now. Outputs and
-    execution counts do not count: running a notebook changes nothing of yours. A copy that cannot be read,
-    or whose notebook is gone, is kept.
-    """
-    import nbformat
-
-    found = sorted(nbs.rglob(copy.name))
-    if found and not unreadable(copy):
-        mine = _sources(nbformat.read(copy, as_version=4))
-        for directives in (True, False):
-            if mine == _sources(learner_edition(found[0], directives=directives)[0]):
-                copy.unlink()
-                return Written(copy, "removed")
-    return Written(copy, "kept yours")
+    legacy = legacy_copies(out)
+    if legacy:  # moved, never deleted: a learner may have written in one
+        backup_folder = backup_folder or new_backup_folder(out)
+        for copy in legacy:
+            os.replace(copy, backup_folder / copy.name)
+            done.append(Written(copy, "moved", backup=backup_folder / copy.name))
+    return done
 
 
 def describe(w: Written) -> str:
@@ -291,10 +287,8 @@ def describe(w: Written) -> str:
         )
     if w.action == "kept":
         return f"kept {_show(w.target)} (yours)"
-    if w.action == "removed":
-        return f"removed {_show(w.target)}: a reference notebook an earlier layout copied here, unchanged (not an exercise)"
-    if w.action == "kept yours":
-        return f"kept {_show(w.target)}: not an exercise any more, but it holds changes of yours (the reference is in nbs/)"
+    if w.action == "moved":
+        return f"moved {_show(w.target)} to {_show(w.backup)}: a reference notebook an earlier layout copied here, not an exercise"
     if w.action == "replaced":
         return f"wrote {_show(w.target)} ({tasks}); yours moved to {_show(w.backup)}"
     return f"wrote {_show(w.target)} ({tasks})"
@@ -308,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         help="start over: move each existing learner notebook to learner/backup/<timestamp>/, then write a fresh one",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the notebooks written (for `make lab`)")
-    parser.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="the solution edition (default: nbs/)")
+    parser.add_argument(
+        "--nbs", type=Path, default=ROOT / "nbs" / "exercises", help="the exercises (default: nbs/exercises/)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "learner", help="where to write (default: learner/)")
     args = parser.parse_args(argv)
 
@@ -326,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     for w in done:
         if w.unreadable:
             print(describe(w), file=sys.stderr)
-        elif not (args.quiet and w.action in ("kept", "kept yours")):
+        elif not (args.quiet and w.action == "kept"):
             print(describe(w))
-    if args.quiet and all(w.action in ("kept", "kept yours") for w in done):
+    if args.quiet and all(w.action in ("kept", "moved") for w in done):
         return 0
     start = _show(done[0].target)
     kept = any(w.action == "kept" for w in done)

@@ -14,7 +14,7 @@ only order that matters is `AFTER`'s. Each kernel gets an equal share of the cor
 torch (`OMP_NUM_THREADS`, unless set), so two trainings do not fight over them.
 
 One run at a time in a project: the runner holds the project's workbook lock (`.workbook/lock`,
-`mlops_day28.coordination.ProjectLock`) from before it reaches the server until it ends. A
+`mlops_day28.reliability.coordination.ProjectLock`) from before it reaches the server until it ends. A
 second run, or a test session executing the notebooks, is refused in one line naming the pid
 that holds it (exit code 2); the lock goes with its process, however that ends.
 """
@@ -97,8 +97,8 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> tuple[bool, float, 
 
 def stop_hint(uri: str, named: bool) -> str:
     "How to stop the server at `uri` (`named`: the user's MLFLOW_TRACKING_URI): the team one, the local one, or not ours."
-    from mlops_day28.team_server import recorded_team_server
-    from mlops_day28.tracking_server import recorded_server
+    from mlops_day28.reliability.local_server import recorded_server
+    from mlops_day28.team.server import recorded_team_server
 
     team, local = recorded_team_server(ROOT), recorded_server(ROOT)
     if team and team.uri == uri:
@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("only", nargs="*", help="run only notebooks whose names start with these (e.g. 01)")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
-    parser.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="folder of notebooks (default: nbs/)")
+    parser.add_argument(
+        "--nbs", type=Path, default=ROOT / "nbs" / "exercises", help="folder of notebooks (default: nbs/exercises/)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".workbook", help="where executed copies go")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run at a time (default 2; 1: one by one)")
     args = parser.parse_args(argv)
@@ -190,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLOPS_CONFIG", "configs/config.yaml")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLOPS_STRICT_CHECKS", "1")  # the solution edition: a failed task check stops the run
-    from mlops_day28.coordination import ProjectLock
-    from mlops_day28.errors import MlopsError, report
-    from mlops_day28.schema import find_project_root
+    from mlops_day28.config import MlopsError, find_project_root, report
+    from mlops_day28.reliability.coordination import ProjectLock
 
     try:  # before the server: a second run must not start (or wait for) one either
         lock = ProjectLock(find_project_root(args.nbs), "make workbook").acquire()
@@ -207,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_locked(args: argparse.Namespace) -> int:
     "The run itself, while this process holds the project's workbook lock."
-    from mlops_day28.coordination import ui_url
-    from mlops_day28.errors import MlopsError, report
-    from mlops_day28.tracking_server import ensure_tracking_server
+    from mlops_day28.config import MlopsError, report
+    from mlops_day28.reliability.coordination import ui_url
+    from mlops_day28.reliability.local_server import ensure_tracking_server
 
     named = bool(os.environ.get("MLFLOW_TRACKING_URI"))  # before it is set below, for every kernel
     try:

@@ -21,8 +21,8 @@ import psutil
 import pytest
 import yaml
 
-from mlops_day28.processes import free_port, stop_process
-from mlops_day28.tracking_server import start_tracking_server
+from mlops_day28.reliability.local_server import start_tracking_server
+from mlops_day28.reliability.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -87,7 +87,7 @@ def test_the_best_sweep_trial_retrained_by_the_pipeline_gives_identical_metrics(
 
 
 HOLDS_THE_GATE_LOCK = """import time
-from mlops_day28.coordination import server_lock
+from mlops_day28.reliability.coordination import server_lock
 with server_lock("gate.digits-classifier"):
     print("held", flush=True)
     time.sleep(600)"""

@@ -93,7 +93,7 @@ def test_kill_9_leaves_a_run_that_the_next_start_closes(project, server):
 
 
 def test_evaluate_names_an_unreachable_server_within_seconds(project):
-    from mlops_day28.processes import free_port
+    from mlops_day28.reliability.processes import free_port
 
     cfg = project.config()
     project.env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"

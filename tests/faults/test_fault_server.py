@@ -23,11 +23,10 @@ from faultkit import BIN, Project, Server, error_lines, wait_for
 from mlflow import MlflowClient
 
 from mlops_day28 import cli
-from mlops_day28.processes import free_port, is_running, port_is_open
-from mlops_day28.server_processes import frozen
-from mlops_day28.tracking_server import (
+from mlops_day28.reliability.local_server import (
     database_users,
     find_tracking_server,
+    frozen,
     mlflow_version_at,
     recorded_server,
     reset_refusal,
@@ -35,6 +34,7 @@ from mlops_day28.tracking_server import (
     start_tracking_server,
     stop_tracking_server,
 )
+from mlops_day28.reliability.processes import free_port, is_running, port_is_open
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Faults of the model service (nbs/06_monitoring, 06g_feedback_store, 06j_service_http): real `mlops-serve` processes.
+"""Faults of the model service (nbs/06_monitoring, serve/04_feedback_store, serve/03_http): real `mlops-serve` processes.
 
 SIGTERM while requests are in flight on kept-alive connections: every request the service
 received is answered, each connection ends with `Connection: close` after an answer, never
@@ -30,9 +30,9 @@ import pytest
 from faultkit import ROOT, wait_for
 
 from mlops_day28.config import load_config
-from mlops_day28.drift import InputProfile
-from mlops_day28.processes import free_port, http_get, is_running, port_is_open
-from mlops_day28.service_http import HEADER_TIMEOUT
+from mlops_day28.data import InputProfile
+from mlops_day28.reliability.processes import free_port, http_get, is_running, port_is_open
+from mlops_day28.serve.http import HEADER_TIMEOUT
 from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 
@@ -341,7 +341,7 @@ def test_a_service_of_the_registrys_champion_leaves_no_temporary_folder(project,
 LAUNCHER = """
 import os, sys, time
 from pathlib import Path
-from mlops_day28.prometheus import start_prometheus, start_service
+from mlops_day28.serve.prometheus import start_prometheus, start_service
 service = start_service(sys.argv[1], int(sys.argv[2]), model_uri=sys.argv[3])
 prometheus = start_prometheus([service.url.removeprefix("http://")])
 Path(sys.argv[4]).write_text(f"{service.pid} {prometheus.pid if prometheus else ''}")

@@ -1,4 +1,4 @@
-"""Faults in a team sweep: the team's MLflow server or its PostgreSQL killed mid-sweep (nbs/04c_distributed, 00db_team_server).
+"""Faults in a team sweep: the team's MLflow server or its PostgreSQL killed mid-sweep (nbs/team/03_workers, team/02_server).
 
 The bar: each `mlops-sweep --worker` stops with one line that names what was lost (for the
 storage: PostgreSQL and its URL, without a password), and no traceback; `mlops-mlflow
@@ -29,11 +29,11 @@ import pytest
 from faultkit import Project, error_lines, wait_for
 from mlflow import MlflowClient
 
-from mlops_day28.coordination import PID_TAG
-from mlops_day28.postgres import postgres_program
-from mlops_day28.processes import free_port, stop_process
-from mlops_day28.team_server import recorded_team_server, start_team_server, stop_team_server
-from mlops_day28.trials import grid_points, trial_key
+from mlops_day28.reliability.coordination import PID_TAG
+from mlops_day28.reliability.processes import free_port, stop_process
+from mlops_day28.sweep import grid_points, trial_key
+from mlops_day28.team.postgres import postgres_program
+from mlops_day28.team.server import recorded_team_server, start_team_server, stop_team_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

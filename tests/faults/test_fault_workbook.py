@@ -21,7 +21,7 @@ import nbformat
 import pytest
 from faultkit import ROOT, error_lines, wait_for
 
-from mlops_day28.coordination import WORKBOOK_LOCK, ProjectLock
+from mlops_day28.reliability.coordination import WORKBOOK_LOCK, ProjectLock
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -1,0 +1,1 @@
+"""The learner's workbook: tasks and their self-checks, and the course's summary checklist."""
