@@ -39,6 +39,13 @@ def test_each_open_item_gets_its_hint_and_exit_1(answering, monkeypatch, tmp_pat
     assert out.count("☑") == 5 and "☐ Automated training pipeline" in out and "hint: make the thing" in out
 
 
+@pytest.mark.parametrize("exercise", range(1, 7))
+def test_every_item_finds_its_checks_module(exercise):
+    "The fallback below is for a workbook without the module, never for a module the package moved."
+    mod = checklist._module(exercise)
+    assert mod is not None and hasattr(mod, "checklist"), checklist.ITEMS[exercise - 1]
+
+
 def test_a_missing_checks_module_is_an_open_item_not_a_crash(answering, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(checklist, "_module", lambda exercise: None)
     assert checklist.check(["--folder", str(tmp_path)]) == 1

@@ -32,7 +32,7 @@ ITEMS = (  # (exercise, the course's checklist item, the exercise's notebook, it
 def _module(exercise: int):
     "The exercise's checks module, or None when this workbook has none yet."
     try:
-        return importlib.import_module(f"mlops_day28.{ITEMS[exercise - 1][3]}")
+        return importlib.import_module(f"mlops_day28.workbook.{ITEMS[exercise - 1][3]}")
     except ModuleNotFoundError:
         return None
 
