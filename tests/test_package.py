@@ -1,6 +1,7 @@
 """Packaging rules: importing does nothing, settings live in pyproject.toml, torch is pinned."""
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -75,6 +76,20 @@ def test_runtime_state_is_git_ignored():
     ignored = (ROOT / ".gitignore").read_text().split()
     for path in (".venv/", ".mlflow/", "wandb/", ".workbook/"):
         assert path in ignored
+
+
+def test_what_the_exercises_write_is_git_ignored():
+    "The tasks write my_*.yaml, my_metrics.txt, ... next to their notebook: running them never dirties the tree."
+    written = sorted(
+        {
+            f"{nb.parent.relative_to(ROOT)}/{name}"
+            for nb in (ROOT / "nbs" / "exercises").glob("*.ipynb")
+            for name in re.findall(r"\b(my_\w+\.(?:yaml|yml|txt|py))\b", nb.read_text())
+        }
+    )
+    assert len(written) >= 5, written
+    r = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(r.stdout.split()) == written, set(written) - set(r.stdout.split())
 
 
 SEEDING = """
