@@ -22,8 +22,7 @@ from mlops_day28.registry import (
 )
 
 from .config import Config, InputError, flatten_config
-from .reliability.coordination import ensure_experiment, owner_tags
-from .reliability.lifecycle import closing_run
+from .reliability.guard import guarded_run
 from .tracking import git_tags, train_and_log
 from .training import TrainingJob, prepare_training
 
@@ -47,11 +46,8 @@ def train_pipeline(
         require_champion_split(
             cfg.registry.model_name, job.splits.digest
         )  # before any run: an unfair gate is bad input
-    exp_id = ensure_experiment(cfg.experiment_name)  # by id: concurrent pipelines all log where they should
-    mlflow.set_experiment(experiment_id=exp_id)
     tags = {
         **git_tags(cfg.root),
-        **owner_tags(),  # whose process this run is: the reconciler closes it if that process dies
         "mlops_day28.version": mlops_day28.__version__,
         "pipeline": "train_pipeline",
     }
@@ -65,10 +61,8 @@ def train_pipeline(
         "split_digest": job.splits.digest,
         "device": str(job.device),
     }
-    with (
-        mlflow.start_run(experiment_id=exp_id, run_name=run_name or cfg.tracking.run_name, tags=tags) as run,
-        closing_run(run.info.run_id, "training", cfg.root),  # KILLED on Ctrl-C/SIGTERM; FAILED, and why, on errors
-    ):
+    run_name = run_name or cfg.tracking.run_name
+    with guarded_run(root=cfg.root, experiment_name=cfg.experiment_name, run_name=run_name, tags=tags) as run:
         mlflow.log_params(params)
         if cfg.source:
             mlflow.log_artifact(str(cfg.source), "config")

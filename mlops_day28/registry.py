@@ -25,9 +25,8 @@ from mlflow.exceptions import MlflowException
 
 from .config import Config, InputError, MlopsError
 from .data import load_dataset, split_dataset
-from .reliability.coordination import ensure_experiment, server_lock
-from .reliability.lifecycle import quick_http, quiet_registration
-from .reliability.local_server import check_tracking_server
+from .reliability.guard import check_tracking_server, ensure_experiment, quick_http, server_lock
+from .tracking import quiet_registration
 
 # %% auto #0
 __all__ = [

@@ -29,10 +29,15 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from mlops_day28.reliability.coordination import (
+from mlops_day28.reliability.guard import (
     HOST_TAG,
     PID_TAG,
+    Terminated,
+    TrackingServerLost,
+    describe_failure,
+    end_run,
     ensure_experiment,
+    guarded_run,
     heartbeat,
     owner_tags,
     presumed_dead,
@@ -40,7 +45,6 @@ from mlops_day28.reliability.coordination import (
 )
 
 from .config import Config, InputError, MlopsError, config_from_dict, flatten_config, with_values
-from .reliability.lifecycle import Terminated, TrackingServerLost, closing_run, describe_failure, end_run
 from .tracking import MLflowEpochLogger, git_tags, plot_heatmaps, plot_parallel_coordinates
 from .training import prepare_training, progress_bar
 
@@ -532,7 +536,7 @@ def run_grid_sweep(
     "Run every point of `cfg.sweep.grid` as a child run of one parent; skip points a previous call finished."
     points = grid_points(cfg.sweep.grid)
     parent_id, exp_id, resumed = start_sweep(cfg, "grid")
-    with closing_run(parent_id, "the sweep", cfg.root):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
+    with guarded_run("the sweep", cfg.root, run_id=parent_id):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
         done = {
             c.data.tags.get("sweep.trial_key")
             for c in sweep_children(parent_id)
@@ -670,7 +674,7 @@ def run_tpe_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial: the runs say it
     parent_id, exp_id, resumed = start_sweep(cfg, "tpe")
     url, study_name = storage_url(cfg), f"{cfg.experiment_name}/{cfg.sweep.name}"
-    with closing_run(parent_id, "the sweep", cfg.root):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
+    with guarded_run("the sweep", cfg.root, run_id=parent_id):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
         study = optuna.create_study(
             study_name=study_name, storage=_storage(url), direction="maximize", load_if_exists=True
         )

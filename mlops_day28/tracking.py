@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,7 @@ from torch import nn
 
 from .config import Config, find_project_root
 from .data import Dataset, DataSplits, InputProfile
-from .reliability.coordination import owner_tags
-from .reliability.lifecycle import UNSENT, closing_run, quiet_registration
+from .reliability.guard import guarded_run, keep_unsent
 from .training import EpochCallback, History, TrainingJob, predict_proba, prepare_training
 
 # %% auto #0
@@ -43,6 +43,7 @@ __all__ = [
     "MLflowEpochLogger",
     "git_tags",
     "log_dataset",
+    "quiet_registration",
     "model_pip_requirements",
     "log_torch_model",
     "save_torch_model",
@@ -243,7 +244,7 @@ class MLflowEpochLogger:
             try:
                 MlflowClient().log_batch(self.run_id, metrics=self._pending)
             except Exception:
-                UNSENT.setdefault(self.run_id, []).extend(self._pending)  # kept for the journal: nothing is lost
+                keep_unsent(self.run_id, self._pending)  # sent when the run is ended, or journalled: nothing is lost
                 self._pending = []
                 raise
             self.calls, self._pending = self.calls + 1, []
@@ -296,6 +297,19 @@ def log_dataset(
                 if not raced or attempt == 2:
                     raise
                 time.sleep(0.2)
+
+
+# %% ../nbs/core/05_tracking.ipynb #7adc7bf0
+@contextlib.contextmanager
+def quiet_registration() -> Iterator[None]:
+    "Mute MLflow's notices while registering (three lines on stderr per version): the caller reports the version."
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM  # where eprint and MLflow's loggers write
+
+    was, MLFLOW_LOGGING_STREAM.enabled = MLFLOW_LOGGING_STREAM.enabled, False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was
 
 
 # %% ../nbs/core/05_tracking.ipynb #f353bd70
@@ -441,8 +455,7 @@ def run_tracked_training(
 ) -> TrackedRun:
     "Train the model `cfg` describes inside an MLflow run, logging params, metrics, plots, data and model."
     job = prepare_training(cfg)
-    tags = {**git_tags(), **owner_tags(), **(tags or {})}
-    with mlflow.start_run(run_name=run_name or cfg.tracking.run_name, tags=tags) as run, closing_run(run.info.run_id):
+    with guarded_run(run_name=run_name or cfg.tracking.run_name, tags={**git_tags(), **(tags or {})}):
         mlflow.log_params({**run_params(cfg, job.dataset, job.splits), "device": str(job.device)})
         return train_and_log(job, callbacks, progress, registered_model_name)
 

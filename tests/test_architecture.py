@@ -84,6 +84,17 @@ def test_the_core_imports_no_wing(graph, wing):
     assert not any(bad.values()), {m: i for m, i in bad.items() if i}
 
 
+def test_the_core_enters_the_reliability_layer_through_its_seam(graph):
+    "Journal, reconciler, lock and heartbeat stay behind `reliability.guard`: the core imports nothing else of them."
+    bad = {
+        m: sorted(
+            i for i in graph[m] if i.startswith("mlops_day28.reliability") and i != "mlops_day28.reliability.guard"
+        )
+        for m in (f"mlops_day28.{c}" for c in CORE)
+    }
+    assert not any(bad.values()), {m: i for m, i in bad.items() if i}
+
+
 def test_the_reliability_layer_imports_no_core_module_above_config(graph):
     "Reliability sits under the core: it may use the config's errors, nothing that trains, tracks or serves."
     allowed = {"mlops_day28.config"}

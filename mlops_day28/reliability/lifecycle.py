@@ -28,7 +28,6 @@ __all__ = [
     "bound_mlflow_waits",
     "env_set",
     "quick_http",
-    "quiet_registration",
     "Terminated",
     "terminate_as_interrupt",
     "server_answers",
@@ -80,18 +79,6 @@ def env_set(**values: str) -> Iterator[None]:
 def quick_http(timeout: float = 2.0):
     "One try with a short timeout, for calls made while giving up (closing a run on a server that may be gone)."
     return env_set(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(max(timeout, 1))))
-
-
-@contextlib.contextmanager
-def quiet_registration() -> Iterator[None]:
-    "Mute MLflow's notices while registering (three lines on stderr per version): the caller reports the version."
-    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM  # where eprint and MLflow's loggers write
-
-    was, MLFLOW_LOGGING_STREAM.enabled = MLFLOW_LOGGING_STREAM.enabled, False
-    try:
-        yield
-    finally:
-        MLFLOW_LOGGING_STREAM.enabled = was
 
 
 # %% ../../nbs/reliability/04_lifecycle.ipynb #a8e1000a
