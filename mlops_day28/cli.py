@@ -77,6 +77,7 @@ def run(
     return code if isinstance(code, int) else 0
 
 
+# %% ../nbs/cli.ipynb #e8302410
 SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
@@ -119,6 +120,7 @@ def load_cli_config(config: Path | None, overrides: list[str] | None = None, con
     return refuse_conflicts(cfg, config) if conflicts else cfg  # one line per conflict (core/02_data)
 
 
+# %% ../nbs/cli.ipynb #659442f6
 def needs_server(*uris: str | None) -> bool:
     "Whether any model URI is read through a tracking server (the registry or a run)."
     return any(u and u.startswith(("models:/", "runs:/")) for u in uris)
@@ -167,6 +169,7 @@ def _start(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False, h
         print(f"closed {len(closed)} run{'s' if len(closed) > 1 else ''} left open (tag mlops.closed_reason says why)")
 
 
+# %% ../nbs/cli.ipynb #dac838cc
 @_mlflow_app.command("stop")
 def _stop(root: RootOpt = None, team: _TeamOpt = False) -> None:
     "Stop this project's server: every process of it, found by record, process group, port and database."
@@ -180,6 +183,7 @@ def _stop(root: RootOpt = None, team: _TeamOpt = False) -> None:
     print(stop_tracking_server(root) or "no running MLflow server recorded in .mlflow/server.json")
 
 
+# %% ../nbs/cli.ipynb #a56b9b1b
 @_mlflow_app.command("status")
 def _status(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False) -> int:
     "Say whether an MLflow server answers, and which of this project's processes serve it; exit 1 if none answers."
@@ -197,6 +201,7 @@ def _status(port: PortOpt = None, root: RootOpt = None, team: _TeamOpt = False) 
     return 0 if version else 1
 
 
+# %% ../nbs/cli.ipynb #d406c632
 def mlflow(argv: list[str] | None = None) -> int:
     "`mlops-mlflow start|stop|status`: the local tracking server."
     return run(_mlflow_app, argv, "mlops-mlflow")

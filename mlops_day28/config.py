@@ -84,12 +84,14 @@ class MlopsError(Exception):
     exit_code = 1
 
 
+# %% ../nbs/core/01_config.ipynb #94ade260
 class InputError(MlopsError, ValueError):
     "Bad input, found before anything was started or changed (a config, an argument, data, a model URI): exit code 2."
 
     exit_code = 2
 
 
+# %% ../nbs/core/01_config.ipynb #a7649ae3
 MAX_MESSAGE = 500  # characters: a message is a line to read, not a dump
 
 
@@ -105,6 +107,7 @@ def report(error: object) -> None:
     print(f"error: {one_line(str(error).replace('Value error, ', ''))}", file=sys.stderr, flush=True)
 
 
+# %% ../nbs/core/01_config.ipynb #25670247
 @contextlib.contextmanager
 def failing_as(
     what: str,  # what was being done, e.g. "training"
@@ -182,6 +185,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+# %% ../nbs/core/01_config.ipynb #6dcbeb63
 class SplitsConfig(_Section):
     "Fractions of the rows that go to each split; they must sum to 1."
 
@@ -199,6 +203,7 @@ class SplitsConfig(_Section):
         return self
 
 
+# %% ../nbs/core/01_config.ipynb #40bd868e
 class DataConfig(_Section):
     "Where the data is and how it is split."
 
@@ -237,6 +242,7 @@ class ModelConfig(_Section):
     pretrained: bool = False  # start from the registered champion's weights (never downloaded: not for resnet18)
 
 
+# %% ../nbs/core/01_config.ipynb #80dab7f2
 class TrainingConfig(_Section):
     "How to fit the weights."
 
@@ -261,6 +267,7 @@ class TrackingConfig(_Section):
     wandb_project: Text = "mlops-day28"  # W&B project for the offline runs
 
 
+# %% ../nbs/core/01_config.ipynb #861f5013
 class RegistryConfig(_Section):
     "The registered model, and the champion/challenger gate that decides promotions."
 
@@ -271,6 +278,7 @@ class RegistryConfig(_Section):
     min_relative_improvement: float = Field(0.0, ge=0)  # ... and by at least this fraction of the champion's accuracy
 
 
+# %% ../nbs/core/01_config.ipynb #9c9b9153
 class ModelTestsConfig(_Section):
     "The bars that the model tests (tests/test_model.py) and the evaluation gate (`mlops-evaluate`) hold a model to."
 
@@ -343,10 +351,12 @@ class SweepConfig(_Section):
         return grid
 
 
+# %% ../nbs/core/01_config.ipynb #69e75a30
 def _sweepable_keys() -> list[str]:
     return [k for k in flatten_config(Config()) if not k.startswith("sweep.")]
 
 
+# %% ../nbs/core/01_config.ipynb #de0bef69
 def _field_at(key: str):
     "The pydantic field a dotted config key names (sections only lead to it); ValueError if there is none."
     model, parts = Config, key.split(".")
@@ -412,6 +422,7 @@ def flatten_config(
     return out
 
 
+# %% ../nbs/core/01_config.ipynb #e8dfa70e
 def set_dotted(
     data: dict,  # a nested dict (parsed YAML, or a dumped config); changed in place
     key: str,  # `section.sub.name`
@@ -484,6 +495,7 @@ class ConfigError(InputError):
     "A config that cannot be used; the message names the file and the key."
 
 
+# %% ../nbs/core/01_config.ipynb #1044e77a
 def _fields_at(loc: tuple) -> list[str]:
     "Field names of the config section at `loc` (the section that held an unknown key)."
     model = Config
@@ -496,6 +508,7 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+# %% ../nbs/core/01_config.ipynb #f03b893e
 _repr = reprlib.Repr()  # Python 3.11's Repr takes no arguments
 _repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 8, 8, 60, 60
 MAX_ERRORS = 5  # bad keys described in one message; the rest are counted
@@ -507,6 +520,7 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+# %% ../nbs/core/01_config.ipynb #bd817962
 def _describe(err: dict) -> str:
     "One pydantic error as `key: problem`."
     loc = tuple(err["loc"])
@@ -523,6 +537,7 @@ def _describe(err: dict) -> str:
     return f"{key}: {msg}{got}"
 
 
+# %% ../nbs/core/01_config.ipynb #fdcf84db
 def config_from_dict(
     data: dict,  # the parsed YAML
     source: str | Path | None = None,  # where it came from, for messages and relative paths
@@ -541,6 +556,7 @@ def config_from_dict(
     return cfg
 
 
+# %% ../nbs/core/01_config.ipynb #b58ac8d4
 def _read_text(path: Path) -> str:
     "The text of the config file at `path`; a `ConfigError` if it is too big, binary, or not UTF-8."
     size = path.stat().st_size  # before reading: a config that is a 5 GB file is refused without reading it
@@ -558,6 +574,7 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
 
 
+# %% ../nbs/core/01_config.ipynb #f6886e11
 def load_config(
     path: str | Path,  # a YAML file
     overrides: list[str] = (),  # `key.sub=value` pairs applied on top of the file
@@ -652,6 +669,7 @@ def apply_overrides(
     return data
 
 
+# %% ../nbs/core/01_config.ipynb #2df23667
 def with_values(
     cfg: Config,
     values: dict[str, Any],  # dotted key -> value

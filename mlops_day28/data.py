@@ -101,6 +101,7 @@ class Dataset:
         return df
 
 
+# %% ../nbs/core/02_data.ipynb #b30583f8
 def _sha256_file(path: Path, h=None):
     h = h or hashlib.sha256()
     with open(path, "rb") as f:
@@ -109,6 +110,7 @@ def _sha256_file(path: Path, h=None):
     return h
 
 
+# %% ../nbs/core/02_data.ipynb #ba63a4b5
 def _square_image_shape(n_features: int) -> tuple[int, int, int] | None:
     "(1, s, s) when `n_features` is a perfect square s*s, else None."
     s = round(n_features**0.5)
@@ -126,6 +128,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 yield start, values
 
 
+# %% ../nbs/core/02_data.ipynb #ceb6f235
 def csv_line(
     path: str | Path,  # a CSV file
     row: int,  # a data row, counted from 0 as pandas counts them (the header is not a row)
@@ -223,6 +226,7 @@ def _encode_labels(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
     return labels.map(index).to_numpy(np.int64), [str(c) for c in classes]
 
 
+# %% ../nbs/core/02_data.ipynb #a3e0816c
 def load_csv_dataset(
     path: str | Path,  # CSV with feature columns and a label column
     label_column: str = "label",
@@ -392,6 +396,7 @@ class Split:
         return len(self.y)
 
 
+# %% ../nbs/core/02_data.ipynb #249438cf
 @dataclass
 class DataSplits:
     "The train, validation and test splits of a dataset."
@@ -412,6 +417,7 @@ class DataSplits:
         return h.hexdigest()[:16]
 
 
+# %% ../nbs/core/02_data.ipynb #5fe67796
 def split_dataset(
     ds: Dataset,  # the data to split
     splits: SplitsConfig | None = None,  # fractions (default 0.7/0.15/0.15)
@@ -463,6 +469,7 @@ class InputProfile:
         return asdict(self)
 
 
+# %% ../nbs/core/02_data.ipynb #344adcc8
 def value_histograms(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
     "One histogram per row of `X` over `edges` (bins as np.histogram's: half-open, the last one closed)."
     bins = len(edges) - 1
@@ -497,6 +504,7 @@ def _conflicts(cfg: Config) -> tuple[list[str], str | None]:
     return lines, data
 
 
+# %% ../nbs/core/02_data.ipynb #391e3712
 def config_conflicts(cfg: Config) -> list[str]:
     "What in `cfg` contradicts its data or this offline workbook: one line per conflict, none when it can train."
     return _conflicts(cfg)[0]
@@ -517,6 +525,7 @@ def check_config_data(
     return data
 
 
+# %% ../nbs/core/02_data.ipynb #cc30f2f2
 def refuse_conflicts(
     cfg: Config,
     source: str | Path | None = None,  # the file named in the lines (default: the config's own)

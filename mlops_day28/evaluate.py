@@ -117,6 +117,7 @@ def evaluate_model(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+# %% ../nbs/core/09_evaluate.ipynb #ca9be4af
 @dataclass
 class Evaluation:
     "What `mlops-evaluate` found: the candidate's scores (and the baseline's), the decision, and why."
@@ -142,6 +143,7 @@ class Evaluation:
         return metrics_markdown(self.metrics, self.threshold, self.baseline_metrics, title, self.message)
 
 
+# %% ../nbs/core/09_evaluate.ipynb #317894c9
 def evaluate_uri(
     model_uri: str,  # any URI `load_model` accepts
     cfg: Config,  # the test split and the default bars
@@ -177,6 +179,7 @@ def gate(metrics: dict, threshold: float, baseline: dict | None = None, margin: 
     return True, f"PASSED: accuracy {acc:.4f} >= threshold {threshold:.4f}{vs}"
 
 
+# %% ../nbs/core/09_evaluate.ipynb #c2983bc6
 def metrics_markdown(
     metrics: dict,
     threshold: float,

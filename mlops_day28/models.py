@@ -78,6 +78,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+# %% ../nbs/core/03_models.ipynb #0369b6ba
 ImageShape = tuple[int, int, int]  # (channels, height, width)
 
 
@@ -93,6 +94,7 @@ class ImageModel(nn.Module):
         return x.reshape(-1, *self.image_shape)
 
 
+# %% ../nbs/core/03_models.ipynb #419712ae
 class CNN(ImageModel):
     "Three 3x3 convolutions, global average pooling, dropout, a linear classifier."
 
@@ -116,6 +118,7 @@ class CNN(ImageModel):
         return self.head(self.features(self.images(x)))
 
 
+# %% ../nbs/core/03_models.ipynb #d08e9e4e
 class ResidualBlock(nn.Module):
     "conv-bn-relu-conv-bn plus the input, then relu."
 
@@ -133,6 +136,7 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + self.body(x))
 
 
+# %% ../nbs/core/03_models.ipynb #8bcc038d
 class ResNet(ImageModel):
     "A small residual network: a stem, two residual blocks, global pooling, dropout, a classifier."
 
@@ -176,6 +180,7 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
+# %% ../nbs/core/03_models.ipynb #da9ba87a
 class ResNet18(ImageModel):
     "torchvision's `resnet18(weights=None, num_classes=...)`, same layers and state_dict keys; images of 1-3 channels."
 
@@ -218,6 +223,7 @@ def _mlp(cfg: ModelConfig, in_features, image_shape):
     return MLP(in_features, cfg.num_classes, cfg.hidden_size, cfg.dropout)
 
 
+# %% ../nbs/core/03_models.ipynb #73a1872a
 def _image_model(cls):
     def make(cfg: ModelConfig, in_features, image_shape):
         if image_shape is None or int(np.prod(image_shape)) != in_features:
@@ -232,6 +238,7 @@ def _image_model(cls):
     return make
 
 
+# %% ../nbs/core/03_models.ipynb #7b550997
 ARCHITECTURES = {
     "mlp": _mlp,
     "cnn": _image_model(CNN),
@@ -256,6 +263,7 @@ def build_model(
     return nn.Sequential(Standardize.fit(train_X, image_shape), body)
 
 
+# %% ../nbs/core/03_models.ipynb #1a8b177d
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -111,6 +111,7 @@ class PipelineInputError(InputError):
     "The registry state cannot be trained from (exit code 2); found before any run is created."
 
 
+# %% ../nbs/core/07_pipeline.ipynb #e32213c5
 def require_champion_split(name: str, split_digest: str) -> None:
     "A `PipelineInputError` if `name`'s champion was tested on another split than `split_digest` (the gate would refuse)."
     try:
@@ -126,6 +127,7 @@ def require_champion_split(name: str, split_digest: str) -> None:
         )
 
 
+# %% ../nbs/core/07_pipeline.ipynb #02407bf8
 def init_from_champion(job: TrainingJob) -> str:
     "Load the registered champion's weights into `job.model`; returns the champion's version."
     name = job.cfg.registry.model_name

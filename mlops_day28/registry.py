@@ -73,10 +73,12 @@ class RegistryError(InputError, LookupError):
     "A registered model, version, alias or run that does not exist (exit code 2); the message says what does."
 
 
+# %% ../nbs/core/06_registry.ipynb #b1e4b739
 def _missing(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e)
 
 
+# %% ../nbs/core/06_registry.ipynb #bf0c57e4
 def get_registered_model(name: str):
     "The registered model `name`, or a `RegistryError` listing the registered models."
     try:
@@ -90,11 +92,13 @@ def get_registered_model(name: str):
         ) from None
 
 
+# %% ../nbs/core/06_registry.ipynb #4f35b4ef
 def model_aliases(name: str) -> dict[str, str]:
     "Alias -> version of the registered model `name`."
     return dict(get_registered_model(name).aliases or {})
 
 
+# %% ../nbs/core/06_registry.ipynb #6a3114ba
 def get_version(name: str, version: str | int) -> ModelVersion:
     "Version `version` of model `name`, or a `RegistryError` listing its versions."
     get_registered_model(name)
@@ -109,17 +113,20 @@ def get_version(name: str, version: str | int) -> ModelVersion:
         ) from None
 
 
+# %% ../nbs/core/06_registry.ipynb #33c7ab3e
 def version_for_alias(name: str, alias: str) -> ModelVersion | None:
     "The version `alias` points at, or None when the model has no such alias."
     v = model_aliases(name).get(alias)
     return MlflowClient().get_model_version(name, v) if v else None
 
 
+# %% ../nbs/core/06_registry.ipynb #ad7e369d
 def _alias_error(name: str, alias: str) -> RegistryError:
     known = ", ".join(f"{a} -> v{v}" for a, v in sorted(model_aliases(name).items()))
     return RegistryError(f"model {name!r} has no alias {alias!r}; its aliases: {known or 'none yet'}")
 
 
+# %% ../nbs/core/06_registry.ipynb #2455b854
 def require_alias(name: str, alias: str) -> str:
     "The version `alias` points at; a `RegistryError` naming the aliases that exist if there is none."
     version = model_aliases(name).get(alias)
@@ -133,6 +140,7 @@ class ModelLoadError(InputError):
     "A model URI or path that does not lead to a model (exit code 2); the message says what is accepted."
 
 
+# %% ../nbs/core/06_registry.ipynb #16b1e4a8
 @dataclass
 class ModelRef:
     "Where a model URI leads: what to load, and which registered model and version that is."
@@ -143,6 +151,7 @@ class ModelRef:
     version: str  # the registry version, a run id, or "local"
 
 
+# %% ../nbs/core/06_registry.ipynb #c7af38dd
 def resolve_model_uri(
     uri: str,  # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder
 ) -> ModelRef:
@@ -173,6 +182,7 @@ def resolve_model_uri(
     return ModelRef(uri, str(path), str(path), "local")
 
 
+# %% ../nbs/core/06_registry.ipynb #8355176b
 def load_model(
     uri: str | ModelRef,  # any URI `resolve_model_uri` accepts, or what it returned
     flavor: Literal["pyfunc", "pytorch"] = "pyfunc",  # MLflow's generic `predict`, or the PyTorch module itself
@@ -189,6 +199,7 @@ def load_model(
         raise ModelLoadError(f"cannot load {ref.uri}: {getattr(e, 'message', e)}") from None
 
 
+# %% ../nbs/core/06_registry.ipynb #a2b6f7a4
 def model_metadata(uri: str | ModelRef) -> dict:
     "The `metadata` a model was logged with (its MLmodel file), e.g. the input profile a service needs."
     from mlflow.models import Model
@@ -216,11 +227,13 @@ def description_parts(text: str | None) -> dict[str, str]:
     return parts
 
 
+# %% ../nbs/core/06_registry.ipynb #9cda21fe
 def join_description(parts: dict[str, str]) -> str:
     "The description made of `parts` (as `description_parts` reads it), a paragraph each."
     return "\n\n".join(f"**{label}**: {body}" if label else body for label, body in parts.items())
 
 
+# %% ../nbs/core/06_registry.ipynb #9161dc6d
 def set_description_part(name: str, version: str | int, label: str, text: str) -> ModelVersion:
     "Write the paragraph `label: text` of a version's description, keeping its other paragraphs."
     mv = get_version(name, version)
@@ -228,6 +241,7 @@ def set_description_part(name: str, version: str | int, label: str, text: str) -
     return MlflowClient().update_model_version(name, mv.version, description=join_description(parts))
 
 
+# %% ../nbs/core/06_registry.ipynb #ad0d108c
 def model_architecture(run) -> str:
     "The architecture a training run logged (its config's `model.architecture`)."
     p = run.data.params
@@ -262,6 +276,7 @@ def describe_version(name: str, version: str | int) -> ModelVersion:
     return c.get_model_version(name, mv.version)
 
 
+# %% ../nbs/core/06_registry.ipynb #bd7793d2
 def register_run_model(
     run_id: str,  # the run that logged the model
     name: str,  # registered model name (created if new)
@@ -335,18 +350,21 @@ class GateDecision:
     reason: str
 
 
+# %% ../nbs/core/06_registry.ipynb #b7876f7c
 def evaluate_version(name: str, version: str | int, X: np.ndarray, y: np.ndarray) -> float:
     "Accuracy of registered version `version` on (X, y), loaded through pyfunc like a service would."
     model = load_model(f"models:/{name}/{version}")
     return float((np.asarray(model.predict(np.asarray(X, dtype=np.float32))).argmax(1) == np.asarray(y)).mean())
 
 
+# %% ../nbs/core/06_registry.ipynb #8840a8a5
 def champion_history(name: str) -> list[str]:
     "Versions that were champion before the current one, oldest first."
     raw = get_registered_model(name).tags.get("champion_history", "")
     return [v for v in raw.split(",") if v]
 
 
+# %% ../nbs/core/06_registry.ipynb #76a578b6
 def _set_champion(name: str, version: str, history: list[str]) -> None:
     c = MlflowClient()
     c.set_registered_model_tag(name, "champion_history", ",".join(history))
@@ -358,6 +376,7 @@ class SplitMismatch(RegistryError):
     "Champion and challenger were tested on different rows; scoring both on one split would not be fair (exit code 2)."
 
 
+# %% ../nbs/core/06_registry.ipynb #af8895a6
 def check_same_split(name: str, champion, challenger, split_digest: str | None = None) -> None:
     "Refuse (`SplitMismatch`) unless the two versions, and the (X, y) given, share one test split."
     mine = challenger.tags.get("split_digest")
@@ -454,6 +473,7 @@ def promote_if_better(
         )
 
 
+# %% ../nbs/core/06_registry.ipynb #6cc635b2
 def _record(name: str, d: GateDecision) -> None:
     "Record the decision: a tag and a *Gate* paragraph on the challenger, its numbers on its run, a paragraph on the champion."
     c, stamp = MlflowClient(), time.strftime("%Y-%m-%dT%H:%M:%S%z")

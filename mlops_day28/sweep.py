@@ -102,6 +102,7 @@ def trial_run_name(
     return "_".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])}{_short(values[k])}" for k in keys)
 
 
+# %% ../nbs/core/08_sweep.ipynb #9fa1d1cc
 def _short(value: Any) -> str:
     if not isinstance(value, float) or value == 0:
         return str(value)
@@ -112,16 +113,19 @@ def _short(value: Any) -> str:
     return text[1:] if text.startswith("0.") else text.replace("-0.", "-.")  # 0.5 -> .5
 
 
+# %% ../nbs/core/08_sweep.ipynb #954217be
 def searched(grid: dict[str, list]) -> list[str]:
     "The grid's keys that have several values: what the sweep searches."
     return [k for k, v in grid.items() if len(v) > 1]
 
 
+# %% ../nbs/core/08_sweep.ipynb #7e52d181
 def fixed_values(grid: dict[str, list]) -> dict[str, Any]:
     "The grid's keys with one value: settings every trial shares (the sweep's budget)."
     return {k: v[0] for k, v in grid.items() if len(v) == 1}
 
 
+# %% ../nbs/core/08_sweep.ipynb #db76a206
 def grid_summary(grid: dict[str, list], strategy: str = "grid") -> dict[str, str]:
     "A sweep parent's params: each searched key's values (TPE: the range), each shared key's value, the strategy."
     params = {}
@@ -132,15 +136,18 @@ def grid_summary(grid: dict[str, list], strategy: str = "grid") -> dict[str, str
     return {**params, "sweep.strategy": strategy, "sweep.grid_points": str(len(grid_points(grid)))}
 
 
+# %% ../nbs/core/08_sweep.ipynb #8f0a711b
 def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# %% ../nbs/core/08_sweep.ipynb #daa851f9
 def trial_key(values: dict[str, Any]) -> str:
     "A stable identity for the trial's values (what a resumed sweep compares)."
     return json.dumps(values, sort_keys=True)
 
 
+# %% ../nbs/core/08_sweep.ipynb #cf60ce52
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     "Every combination of the grid's values, in a fixed order."
     return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
@@ -159,6 +166,7 @@ class TrialResult:
     error: str | None = None
 
 
+# %% ../nbs/core/08_sweep.ipynb #ea3027da
 def run_trial(
     cfg_data: dict,  # the base config, as a dict (it travels to worker processes)
     source: str | None,  # the config file (resolves relative paths)
@@ -174,6 +182,7 @@ def run_trial(
         return _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start)
 
 
+# %% ../nbs/core/08_sweep.ipynb #e9d1ce00
 @contextlib.contextmanager
 def _no_run_links():
     "MLflow prints a link for every run that ends; a sweep would print two lines per trial."
@@ -188,6 +197,7 @@ def _no_run_links():
             os.environ[key] = old
 
 
+# %% ../nbs/core/08_sweep.ipynb #1d6de1c9
 def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start) -> TrialResult:
     client = MlflowClient()
     run = client.create_run(
@@ -248,6 +258,7 @@ def mp_context():
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
+# %% ../nbs/core/08_sweep.ipynb #5a455edc
 def sweep_children(parent_run_id: str) -> list:
     "The child runs (trials) of a sweep, oldest first."
     parent = MlflowClient().get_run(parent_run_id)
@@ -260,6 +271,7 @@ def sweep_children(parent_run_id: str) -> list:
     )
 
 
+# %% ../nbs/core/08_sweep.ipynb #fceed192
 def die_with_parent(parent_pid: int) -> None:
     "In a worker process: end with SIGTERM (its trial marked KILLED) when `parent_pid` dies; then exit."
 
@@ -279,6 +291,7 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
+# %% ../nbs/core/08_sweep.ipynb #fbe973bc
 def stop_workers(processes: list, timeout: float = 15.0) -> None:
     "SIGTERM worker processes (each ends its trial as KILLED); SIGKILL those still running after `timeout` s."
     for p in processes:
@@ -292,6 +305,7 @@ def stop_workers(processes: list, timeout: float = 15.0) -> None:
             p.join(5)
 
 
+# %% ../nbs/core/08_sweep.ipynb #524ee1f0
 def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]:
     "Close and delete every child that did not complete and whose worker is provably dead; their points run again."
     unfinished = [
@@ -320,6 +334,7 @@ class SweepError(InputError):
     "A sweep that cannot start or resume as asked (exit code 2); the message says what to do."
 
 
+# %% ../nbs/core/08_sweep.ipynb #e93bf01c
 def _config_digest(cfg: Config) -> str:
     "What must not change between a sweep and its resumption: not how it is run (workers, storage, grace)."
     how = ("sweep.n_jobs", "sweep.storage", "sweep.worker_grace")
@@ -327,6 +342,7 @@ def _config_digest(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# %% ../nbs/core/08_sweep.ipynb #8b7dca0b
 def find_sweep(name: str, experiment_name: str) -> str | None:
     "The run id of the sweep `name`'s parent run in `experiment_name`, if it exists."
     exp = mlflow.get_experiment_by_name(experiment_name)
@@ -341,6 +357,7 @@ def find_sweep(name: str, experiment_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+# %% ../nbs/core/08_sweep.ipynb #bf5c3b6c
 def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
     "Claim the sweep's name: create its parent run, or take over a dead one to resume. Returns (parent, experiment, resumed)."
     client, name, digest = MlflowClient(), cfg.sweep.name, _config_digest(cfg)
@@ -369,6 +386,7 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
         return new_parent_run(cfg, exp_id, strategy, owner_tags()), exp_id, False
 
 
+# %% ../nbs/core/08_sweep.ipynb #1ac00162
 def new_parent_run(cfg: Config, experiment_id: str, strategy: str, tags: dict[str, str]) -> str:
     "Create a sweep's parent run with `tags` added: it names what was swept (params), the grid and the base config."
     client, name = MlflowClient(), cfg.sweep.name
@@ -407,6 +425,7 @@ def results_table(parent_run_id: str) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+# %% ../nbs/core/08_sweep.ipynb #a5e27a8c
 def mark_best(parent_run_id: str) -> pd.Series | None:
     "Tag exactly one complete child `is_best` and record its params and score on the parent."
     client, table = MlflowClient(), results_table(parent_run_id)
@@ -496,6 +515,7 @@ class SweepResult:
         return [r for r in self.ran if r.state == "failed"]
 
 
+# %% ../nbs/core/08_sweep.ipynb #4ce65fd4
 def finish_sweep(
     cfg: Config,
     parent_run_id: str,
@@ -527,6 +547,7 @@ def finish_sweep(
     )
 
 
+# %% ../nbs/core/08_sweep.ipynb #bfe24416
 def run_grid_sweep(
     cfg: Config,
     n_jobs: int | None = None,  # worker processes (default: cfg.sweep.n_jobs)
@@ -549,6 +570,7 @@ def run_grid_sweep(
     return finish_sweep(cfg, parent_id, "grid", ran, len(points) - len(todo), resumed, len(todo) == len(missing))
 
 
+# %% ../nbs/core/08_sweep.ipynb #2e67c7d6
 def best_config(cfg: Config, result: SweepResult) -> Config:
     "The base config with the best trial's searched values; the settings every trial shared (the budget) stay the base's."
     keys = searched(cfg.sweep.grid)
@@ -567,6 +589,7 @@ def storage_url(cfg: Config) -> str:
     return url
 
 
+# %% ../nbs/core/08_sweep.ipynb #b46fcbf9
 def _storage(url: str) -> optuna.storages.RDBStorage:
     "RDB storage with heartbeats, so trials of a crashed worker are failed and retried rather than left RUNNING."
     with warnings.catch_warnings():
@@ -574,11 +597,13 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
 
 
+# %% ../nbs/core/08_sweep.ipynb #14964aa4
 def round_sig(value: float, digits: int = 3) -> float:
     "`value` to `digits` significant digits: 0.3673966560465861 -> 0.367."
     return float(f"{value:.{digits}g}")
 
 
+# %% ../nbs/core/08_sweep.ipynb #0d66f65d
 def suggest_values(trial: optuna.Trial, grid: dict[str, list]) -> dict[str, Any]:
     "Values for one trial within the grid's ranges: floats continuous (log if wide, 3 significant digits), the rest a choice."
     values = {}
@@ -591,10 +616,12 @@ def suggest_values(trial: optuna.Trial, grid: dict[str, list]) -> dict[str, Any]
     return values
 
 
+# %% ../nbs/core/08_sweep.ipynb #ee24f851
 class _TrialFailed(Exception):
     pass
 
 
+# %% ../nbs/core/08_sweep.ipynb #30363d0a
 def tpe_worker(
     cfg_data: dict,
     source: str | None,
@@ -657,12 +684,14 @@ def tpe_worker(
     )
 
 
+# %% ../nbs/core/08_sweep.ipynb #fad5507d
 def _worker(target, parent_pid: int, *args) -> None:
     "A TPE worker process that dies with its sweep (see `die_with_parent`)."
     die_with_parent(parent_pid)
     target(*args)
 
 
+# %% ../nbs/core/08_sweep.ipynb #7abf5408
 def run_tpe_sweep(
     cfg: Config,
     n_trials: int | None = None,  # budget (default: sweep.n_trials, else the grid's size)

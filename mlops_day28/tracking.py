@@ -86,6 +86,7 @@ def plot_training_curves(history: History, title: str = "") -> Figure:
     return fig
 
 
+# %% ../nbs/core/05_tracking.ipynb #3c2021aa
 def plot_confusion_matrix(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str] | None = None, title: str = "Confusion matrix"
 ) -> Figure:
@@ -154,6 +155,7 @@ def plot_heatmaps(table: pd.DataFrame, keys: list[str], metric: str = "final_val
     return fig
 
 
+# %% ../nbs/core/05_tracking.ipynb #0a38eb57
 def _axis_labels(values: np.ndarray, log: bool) -> list[tuple[float, str]]:
     "(value, label) pairs for one axis: every value when there are few (a grid's), else five even steps."
     distinct = np.unique(values)
@@ -163,6 +165,7 @@ def _axis_labels(values: np.ndarray, log: bool) -> list[tuple[float, str]]:
     return [(float(v), f"{v:.3g}") for v in distinct]
 
 
+# %% ../nbs/core/05_tracking.ipynb #3b1dd8bf
 def plot_parallel_coordinates(
     table: pd.DataFrame,
     keys: list[str],
@@ -320,6 +323,7 @@ def model_pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "cloudpickle", "numpy")]
 
 
+# %% ../nbs/core/05_tracking.ipynb #fbcb9f73
 def _model_kwargs(model: nn.Module, X_example: np.ndarray, profile: InputProfile | None) -> dict:
     "What every saved model carries: a signature, an input example, pinned requirements and its input profile."
     X_example = np.asarray(X_example, dtype=np.float32)
@@ -333,6 +337,7 @@ def _model_kwargs(model: nn.Module, X_example: np.ndarray, profile: InputProfile
     )
 
 
+# %% ../nbs/core/05_tracking.ipynb #ac955166
 def log_torch_model(
     model: nn.Module,
     X_example: np.ndarray,  # a few input rows (more than one: the batch size stays dynamic)
@@ -353,6 +358,7 @@ def log_torch_model(
         )
 
 
+# %% ../nbs/core/05_tracking.ipynb #13bacb57
 def save_torch_model(
     model: nn.Module,
     X_example: np.ndarray,
@@ -379,6 +385,7 @@ class TrackedRun:
     registered_version: str | None = None  # its version in the registry, when registered
 
 
+# %% ../nbs/core/05_tracking.ipynb #4fbcc91f
 def run_params(cfg: Config, ds: Dataset, splits: DataSplits) -> dict[str, object]:
     "The params a training run logs: the course's names, plus the rest of the model and optimiser settings."
     t, m = cfg.training, cfg.model
@@ -397,6 +404,7 @@ def run_params(cfg: Config, ds: Dataset, splits: DataSplits) -> dict[str, object
     }
 
 
+# %% ../nbs/core/05_tracking.ipynb #21428d21
 def train_and_log(
     job: TrainingJob,
     callbacks: list[EpochCallback] = (),  # more per-epoch callbacks
@@ -445,6 +453,7 @@ def train_and_log(
     )
 
 
+# %% ../nbs/core/05_tracking.ipynb #f42190d2
 def run_tracked_training(
     cfg: Config,
     run_name: str | None = None,  # default: cfg.tracking.run_name
@@ -471,6 +480,7 @@ class WandbOfflineRun:
     test_metrics: dict[str, float]
 
 
+# %% ../nbs/core/05_tracking.ipynb #02729441
 def run_wandb_offline(
     cfg: Config,
     directory: str | Path | None = None,  # wandb/ is created here (default: the project root)

@@ -57,6 +57,7 @@ def seed_everything(
     torch.backends.cudnn.benchmark = False
 
 
+# %% ../nbs/core/04_training.ipynb #25a4af93
 def get_device(
     preference: str = "auto",  # auto | cpu | cuda
 ) -> torch.device:
@@ -100,6 +101,7 @@ def evaluate(
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 
+# %% ../nbs/core/04_training.ipynb #fc49715d
 @torch.no_grad()
 def predict_proba(
     model: nn.Module, X: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024
@@ -141,6 +143,7 @@ class History:
         return pd.DataFrame(self.epochs).set_index("epoch")
 
 
+# %% ../nbs/core/04_training.ipynb #d710ed22
 def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Optimizer:
     "The optimizer the config names (adam, or sgd with momentum 0.9)."
     if training.optimizer == "adam":
@@ -152,6 +155,7 @@ def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Op
     raise ValueError(f"training.optimizer: unknown '{training.optimizer}' (choose from adam, sgd)")
 
 
+# %% ../nbs/core/04_training.ipynb #72cdca15
 def make_scheduler(opt: torch.optim.Optimizer, training: TrainingConfig):
     "The learning-rate schedule the config names, stepped once per epoch (None for 'none')."
     if training.scheduler == "cosine":
@@ -163,6 +167,7 @@ def make_scheduler(opt: torch.optim.Optimizer, training: TrainingConfig):
     raise ValueError(f"training.scheduler: unknown '{training.scheduler}' (choose from cosine, step, none)")
 
 
+# %% ../nbs/core/04_training.ipynb #614c9e27
 def progress_bar(iterable: Iterable | None = None, **kwargs) -> tqdm:
     "tqdm's text bar: live in a terminal (stderr, cleared when done) and in a notebook (stdout, kept in the saved copy)."
     in_kernel = "ipykernel" in sys.modules
@@ -174,6 +179,7 @@ def progress_bar(iterable: Iterable | None = None, **kwargs) -> tqdm:
     return tqdm(iterable, **kwargs)
 
 
+# %% ../nbs/core/04_training.ipynb #b7a1857a
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -264,6 +270,7 @@ class TrainingJob:
         return {"test_loss": m["loss"], "test_accuracy": m["accuracy"]}
 
 
+# %% ../nbs/core/04_training.ipynb #7fa9ec81
 def prepare_training(cfg: Config) -> TrainingJob:
     "Seed, load and split the data, and build the model and loaders that `cfg` describes."
     seed_everything(cfg.seed)

@@ -62,6 +62,7 @@ def owner_tags() -> dict[str, str]:
     }
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #6d001942
 def owner_alive(tags: dict[str, str]) -> bool | None:
     "Whether the process named by `owner_tags` still runs; None when it ran on another host (unknowable here)."
     if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
@@ -83,6 +84,7 @@ def ui_url(uri: str, path: str = "/experiments") -> str:
     return f"{uri.rstrip('/')}/#{path}?workflowType=machine_learning"
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #eda49b46
 def ensure_experiment(name: str, client=None) -> str:
     "The id of experiment `name`, created if missing; safe when several processes create it at once."
     from mlflow import MlflowClient
@@ -116,6 +118,7 @@ class LockTimeout(MlopsError):
     "Another command held a lock for longer than this one would wait (exit code 1)."
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #cb0d8f15
 def _holder(client, name: str) -> dict[str, str] | None:
     "The tags of the lock `name` (who holds it, since when), or None once it is gone."
     from mlflow.exceptions import MlflowException
@@ -126,6 +129,7 @@ def _holder(client, name: str) -> dict[str, str] | None:
         return None
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #c025b242
 def _taken_over(key: str, holder: dict[str, str], age: float, stale_after: float) -> str:
     "The line a command says when it takes over the lock `key` from an abandoned `holder`."
     who = f"pid {holder.get(PID_TAG, '?')} on {holder.get(HOST_TAG, '?')}"
@@ -136,6 +140,7 @@ def _taken_over(key: str, holder: dict[str, str], age: float, stale_after: float
     )
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #2f35ad34
 @contextlib.contextmanager
 def server_lock(
     key: str,  # what is locked, e.g. "gate.digits-classifier"
@@ -214,6 +219,7 @@ def heartbeat(run_id: str, every: float = HEARTBEAT_EVERY, client=None) -> Itera
         stop.set()
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #5f9bd968
 def presumed_dead(tags: dict[str, str], timeout: float = HEARTBEAT_TIMEOUT) -> bool:
     "Whether the owner of a run with these tags is provably dead: gone on this host, or silent `timeout` s elsewhere."
     alive = owner_alive(tags)
@@ -229,6 +235,7 @@ class ProjectBusy(MlopsError):
     exit_code = 2
 
 
+# %% ../../nbs/reliability/03_coordination.ipynb #1351ea46
 WORKBOOK_LOCK = ".workbook/lock"  # in the project: held while a run executes its notebooks
 
 

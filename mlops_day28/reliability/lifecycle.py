@@ -61,6 +61,7 @@ def bound_mlflow_waits() -> dict[str, str]:
     return {k: os.environ[k] for k in HTTP_LIMITS}
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #2aeae5ec
 @contextlib.contextmanager
 def env_set(**values: str) -> Iterator[None]:
     "Set environment variables while the block runs; put back what was there."
@@ -76,6 +77,7 @@ def env_set(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #95a5ef11
 def quick_http(timeout: float = 2.0):
     "One try with a short timeout, for calls made while giving up (closing a run on a server that may be gone)."
     return env_set(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(max(timeout, 1))))
@@ -86,6 +88,7 @@ class Terminated(KeyboardInterrupt):
     "SIGTERM, raised in the main thread like Ctrl-C, so every run on the way out ends as KILLED."
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #adeddf23
 @contextlib.contextmanager
 def terminate_as_interrupt(
     stopped: dict | None = None,  # gets "signal": the number, once SIGTERM arrived
@@ -117,6 +120,7 @@ def server_answers(uri: str) -> bool:
     return mlflow_version_at(uri) is not None
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #c6818032
 def _unanswered(text: str) -> str:
     "' (the call: how it failed)' when MLflow's error text says which call got no reply, and how; else ''."
     call = re.search(r"/api/\d\.\d/mlflow/([\w/-]+)", text)
@@ -130,6 +134,7 @@ def _unanswered(text: str) -> str:
     return f" ({said})" if said else ""
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #9cf1a666
 def describe_failure(error: BaseException, uri: str) -> str | None:
     "What a failed call to the tracking server at `uri` means, in one line; None when the server is not the cause."
     from mlops_day28.reliability.local_server import silent_server
@@ -165,6 +170,7 @@ def journal_dir(root: str | Path | None = None) -> Path:
     return state_dir(root) / "journal"
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #b690fd3e
 def journal_run(
     run_id: str,
     uri: str,  # the server the run lives on
@@ -184,6 +190,7 @@ def journal_run(
     return path
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #83559685
 def replay_journal(uri: str, root: str | Path | None = None) -> list[str]:
     "End every journalled run of the server at `uri`: send its metrics, tag why, set its status. Returns their ids."
     from mlflow import MlflowClient
@@ -220,6 +227,7 @@ class TrackingServerLost(MlopsError):
     "The tracking server stopped answering, or could not store data, while a command ran (exit code 1)."
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #64029a57
 def end_run(run_id: str, status: str, reason: str, root: str | Path | None = None) -> bool:
     "End `run_id` as `status` now if its server answers (True); otherwise journal it (False)."
     import mlflow
@@ -244,6 +252,7 @@ def end_run(run_id: str, status: str, reason: str, root: str | Path | None = Non
     return False
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #57b09a24
 @contextlib.contextmanager
 def closing_run(
     run_id: str,
@@ -290,6 +299,7 @@ def server_lost(error: BaseException, uri: str | None = None) -> TrackingServerL
     return TrackingServerLost(cause) if cause else None
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #379124dc
 @contextlib.contextmanager
 def naming_silent_server() -> Iterator[None]:
     "While the block runs, an error that a silent tracking server caused becomes one `TrackingServerLost` line."
@@ -326,6 +336,7 @@ def reconcile_runs(client=None) -> list[str]:
     return closed
 
 
+# %% ../../nbs/reliability/04_lifecycle.ipynb #79ef2152
 def tidy_runs(uri: str, root: str | Path | None = None) -> list[str]:
     "Replay the journal for the server at `uri` and reconcile its runs; what every command does when it connects."
     from mlflow import MlflowClient

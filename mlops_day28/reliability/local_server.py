@@ -65,6 +65,7 @@ def server_kind(cmd: list[str]) -> str | None:
     return next((w for w in ("uvicorn", "gunicorn") if any(n.startswith(w) for n in names)), None)
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #d7a927c0
 def _uses_db(p: psutil.Process, db: str) -> bool | None:
     "Whether `p` has the sqlite file `db` open or serves it (its command line or environment says); None: can't tell."
     store = f"sqlite:///{db}"
@@ -76,6 +77,7 @@ def _uses_db(p: psutil.Process, db: str) -> bool | None:
         return None
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #56126179
 def _listening(p: psutil.Process) -> set[int]:
     "The TCP ports `p` listens on (none when the OS does not say)."
     with contextlib.suppress(psutil.Error):
@@ -83,6 +85,7 @@ def _listening(p: psutil.Process) -> set[int]:
     return set()
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #153b22c7
 def scan_server(
     state: Path,  # the .mlflow folder whose database counts
     pgid: int | None,  # the recorded process group: its server-like processes count
@@ -105,6 +108,7 @@ def scan_server(
     return found
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #9d7c59e3
 @dataclass
 class FoundServer:
     "This project's live MLflow server processes, however they were found; `str()` says what they are."
@@ -121,6 +125,7 @@ class FoundServer:
         return ", ".join(f"pid {pid} ({why})" for pid, why in sorted(self.procs.items())) + gone
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #d039fff8
 _OS_ERROR = re.compile(r"(?:OSError|PermissionError|IOError)?:?\s*\[Errno (?:28|13|30|122)\][^\n]*")
 
 
@@ -160,6 +165,7 @@ def declared_port(cmd: list[str]) -> int | None:
     return None
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #a16ee903
 def frozen(pids: list[int]) -> list[int]:
     "Those of `pids` that are stopped (SIGSTOP, or Ctrl-Z in a terminal): alive, holding their ports, running nothing."
     stopped = []
@@ -188,6 +194,7 @@ class TrackingServerError(MlopsError):
     "The tracking server could not be started, reached or stopped; the message says what to do."
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #c0e64618
 @dataclass
 class TrackingServer:
     "A tracking server: where it answers, and whether (and as which processes) we started it."
@@ -201,11 +208,13 @@ class TrackingServer:
     port: int | None = None  # the port it listens on (an old record without it: the one in `uri`)
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #d765d18b
 def state_dir(root: str | Path | None = None) -> Path:
     "The `.mlflow` folder in `root` (default: the project root)."
     return Path(root or find_project_root()) / ".mlflow"
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #271cbd34
 def port_from_env() -> int:
     "The port in `$MLFLOW_PORT` (default 5000); `InputError` if it is not a port number."
     raw = os.environ.get("MLFLOW_PORT", str(DEFAULT_PORT))
@@ -218,6 +227,7 @@ def port_from_env() -> int:
     return port
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #50dc1158
 def start_tracking_server(
     port: int | None = None,  # default: $MLFLOW_PORT, else 5000
     root: str | Path | None = None,  # state goes in root/.mlflow (default: the project root)
@@ -277,6 +287,7 @@ def _read_record(state: Path) -> TrackingServer | None:
         return None
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #73898af9
 def find_tracking_server(
     root: str | Path | None = None,  # the project whose server to find (default: this one)
     port: int | None = None,  # also an MLflow-like process listening here (the recorded port always counts)
@@ -295,6 +306,7 @@ def find_tracking_server(
     return FoundServer(f"http://{HOST}:{at}" if at else "", at, procs, launcher, gone, starting=not listening)
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #5a80e742
 def _declared(p: psutil.Process) -> int | None:
     "The port `p`'s command line names (None if it names none, or `p` is gone)."
     with contextlib.suppress(psutil.Error):
@@ -302,6 +314,7 @@ def _declared(p: psutil.Process) -> int | None:
     return None
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #329f5c7c
 def recorded_server(root: str | Path | None = None) -> TrackingServer | None:
     "The server recorded in `.mlflow/server.json`, if that launcher is still a running MLflow server."
     rec = _read_record(state_dir(root))
@@ -320,6 +333,7 @@ def _parent(pid: int) -> int | None:
     return None
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #78540714
 def stop_tracking_server(
     root: str | Path | None = None,  # the project whose server to stop (default: this one)
     timeout: float = 30.0,  # seconds to wait, once they were signalled, for its port to close and mlflow.db to be free
@@ -350,6 +364,7 @@ def stop_tracking_server(
     return f"stopped the MLflow server at {found.uri or 'no port'} (pid{'s' * (len(found.procs) > 1)} {pids}{gone})"
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #b00ed8f5
 def server_status(
     root: str | Path | None = None,  # the project whose server to describe (default: this one)
     port: int | None = None,  # where to ask (default: where its server listens, else $MLFLOW_PORT)
@@ -368,6 +383,7 @@ def server_status(
     return version, f"{what}, served by {found}; make stop stops it"
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #ec9709fe
 def database_users(
     root: str | Path | None = None,  # the project whose .mlflow/mlflow.db counts (default: this one)
 ) -> dict[psutil.Process, str]:
@@ -380,6 +396,7 @@ def database_users(
     }
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #37bd962b
 def reset_refusal(root: str | Path | None = None) -> str | None:
     "Why deleting `.mlflow/` now would pull the database from under a live process (one line); None when it is safe."
     users = database_users(root)
@@ -411,6 +428,7 @@ def _silence(uri: str, found: FoundServer | None) -> str:
     return "it does not answer GET /health within 2 s"
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #23823fa4
 def silent_server(
     uri: str,
     root: str | Path | None = None,  # the project whose own server to recognise (default: this one)
@@ -421,6 +439,7 @@ def silent_server(
     return _silence(uri, find_tracking_server(root) if urlparse(uri).hostname in (HOST, "localhost") else None)
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #301bd33c
 def _runs_elsewhere(running: FoundServer) -> str:
     "The refusal when this project's server runs, or is starting, on another port than the one asked for."
     state = "is still starting at" if running.starting else "is already running at"
@@ -430,6 +449,7 @@ def _runs_elsewhere(running: FoundServer) -> str:
     )
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #4649ae05
 def _await_start(running: FoundServer, uri: str, root: str | Path | None, timeout: float) -> FoundServer | None:
     "Wait while another command starts this project's server at `uri`; what runs then (None: it died meanwhile)."
 
@@ -457,6 +477,7 @@ def ensure_tracking_server(
     return check_tracking_server(uri, "MLFLOW_TRACKING_URI")
 
 
+# %% ../../nbs/reliability/02_local_server.ipynb #19ea9d5f
 def check_tracking_server(
     uri: str,
     variable: str = "MLFLOW_TRACKING_URI",  # where the URI came from, for the message

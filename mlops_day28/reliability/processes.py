@@ -48,6 +48,7 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #430f5c95
 def port_is_open(port: int, host: str = HOST) -> bool:
     "Whether something accepts TCP connections on `host:port`."
     with socket.socket() as s:
@@ -55,6 +56,7 @@ def port_is_open(port: int, host: str = HOST) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #f9cc7307
 def http_get(
     url: str,
     timeout: float = 2.0,  # seconds for the whole request
@@ -75,6 +77,7 @@ class ProcessError(MlopsError):
     "A background process that exited, or was not ready in time; the message ends with the last lines of its log."
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #b7a097ad
 def log_tail(path: Path | None, lines: int = 8) -> str:
     "The last `lines` lines of a log file, joined with ' | '."
     try:
@@ -83,6 +86,7 @@ def log_tail(path: Path | None, lines: int = 8) -> str:
         return "(no log)"
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #d9a4a724
 def wait_until(
     ready: Callable[[], bool],  # the check: True when the process is ready
     timeout: float,  # seconds
@@ -114,6 +118,7 @@ def is_running(pid: int) -> bool:
         return False
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #c534ba4a
 def _group(pid: int) -> list[psutil.Process]:
     "The other processes of the process group `pid` leads (none if it leads no group)."
     members = []
@@ -126,6 +131,7 @@ def _group(pid: int) -> list[psutil.Process]:
     return members
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #43e34166
 def stop_process(
     pid: int,
     timeout: float = 10.0,  # seconds between SIGTERM and SIGKILL
@@ -174,6 +180,7 @@ class Process:
         self.stop()
 
 
+# %% ../../nbs/reliability/01_processes.ipynb #985b6e5d
 def start_process(
     cmd: list[str],
     name: str,  # for messages and the log's file name

@@ -55,6 +55,7 @@ class PostgresError(TrackingServerError):
     "PostgreSQL is missing, cannot run here, or did not start (exit code 1, as for the tracking server)."
 
 
+# %% ../../nbs/team/01_postgres.ipynb #d4e22b03
 def postgres_program(name: str) -> Path | None:
     "Debian's PostgreSQL program `name` (`initdb`, `postgres`), newest version first; None if not installed."
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: (len(p.parent.name), p.parent.name))
@@ -65,6 +66,7 @@ def postgres_program(name: str) -> Path | None:
     return Path(found) if found else None
 
 
+# %% ../../nbs/team/01_postgres.ipynb #9fa03ed3
 def postgres_user() -> dict:
     "`subprocess.Popen` arguments that run PostgreSQL as `postgres` when we are root (it refuses root); {} otherwise."
     if os.geteuid() != 0:
@@ -87,6 +89,7 @@ def connect(port: int, dbname: str = "postgres", timeout: int = 2):
     return psycopg.connect(host=HOST, port=port, user="mlflow", dbname=dbname, connect_timeout=timeout, autocommit=True)
 
 
+# %% ../../nbs/team/01_postgres.ipynb #86f864a8
 def answers(port: int) -> bool:
     "Whether our cluster on `port` takes a connection."
     try:
@@ -107,6 +110,7 @@ def check_reachable(pg: Path) -> None:
         )
 
 
+# %% ../../nbs/team/01_postgres.ipynb #91ef4b23
 def init_cluster(pg: Path, log: Path) -> None:
     "Make a PostgreSQL cluster in `pg` (once), owned by whoever will run it; superuser `mlflow`, trust on loopback."
     if (pg / "PG_VERSION").exists():
@@ -146,6 +150,7 @@ def cluster_port(state: Path) -> int:
     return port
 
 
+# %% ../../nbs/team/01_postgres.ipynb #2d717707
 NETWORK_HBA = "host all mlflow samenet scram-sha-256  # mlops_day28: the team's network, with a password\n"
 
 
@@ -194,6 +199,7 @@ def start_postgres(pg: Path, log: Path, timeout: float, host: str = HOST) -> tup
     return port, proc.popen.pid, (open_to_network(pg, port) if host != HOST else None)
 
 
+# %% ../../nbs/team/01_postgres.ipynb #bc158a6d
 def stop_postgres(pid: int, timeout: float = 30) -> None:
     "A fast shutdown (SIGINT: sessions ended, the cluster closed cleanly); SIGKILL if it has not ended in `timeout`."
     with contextlib.suppress(ProcessLookupError):

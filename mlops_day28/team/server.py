@@ -49,6 +49,7 @@ def team_dir(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get("MLOPS_TEAM_ROOT") or find_project_root()) / ".team"
 
 
+# %% ../../nbs/team/02_server.ipynb #a115c1bc
 def team_port() -> int:
     "The port in `$MLFLOW_TEAM_PORT` (default 5001); `InputError` if it is not a port number."
     raw = os.environ.get("MLFLOW_TEAM_PORT", str(TEAM_PORT))
@@ -78,6 +79,7 @@ class TeamServer:
         return f"team MLflow server at {self.uri} (pid {self.mlflow_pid}) on {pg}, artifacts in {self.artifacts}"
 
 
+# %% ../../nbs/team/02_server.ipynb #b854a1f6
 def recorded_team_server(root: str | Path | None = None) -> TeamServer | None:
     "The team server recorded in `.team/server.json` (running or not), or None."
     with contextlib.suppress(OSError, ValueError, TypeError):
@@ -85,6 +87,7 @@ def recorded_team_server(root: str | Path | None = None) -> TeamServer | None:
     return None
 
 
+# %% ../../nbs/team/02_server.ipynb #2d637f7d
 def _alive(pid: int | None, program: str) -> bool:
     "Whether `pid` runs and is `program` (a recorded pid may since belong to something else)."
     with contextlib.suppress(psutil.Error, TypeError, ValueError):
@@ -100,6 +103,7 @@ def store_answers(uri: str) -> int | None:
     return got[0] if got else None
 
 
+# %% ../../nbs/team/02_server.ipynb #09c4bdbb
 def postgres_down(server: TeamServer) -> str | None:
     "Why our PostgreSQL is down, in a phrase; None when it runs and takes a connection, or the database is not ours."
     if server.pg_pid is None:
@@ -111,6 +115,7 @@ def postgres_down(server: TeamServer) -> str | None:
     return None
 
 
+# %% ../../nbs/team/02_server.ipynb #5a93647a
 def database_down(server: TeamServer) -> str | None:
     "Why the team server's database is down, in a phrase: our PostgreSQL, else a query through MLflow; None if it answers."
     if why := postgres_down(server):
@@ -143,6 +148,7 @@ def start_team_mlflow(state: Path, backend: str, host: str, port: int, timeout: 
     return proc.popen.pid
 
 
+# %% ../../nbs/team/02_server.ipynb #90a9dab4
 def _record(server: TeamServer, state: Path) -> TeamServer:
     "Write `server` to `.team/server.json` (readable by its owner only: a storage URL may hold a password); `server`."
     (state / "server.json").write_text(json.dumps(asdict(replace(server, restarted=""))))
@@ -185,6 +191,7 @@ def revive_team_server(rec: TeamServer, state: Path, up: bool, timeout: float) -
     return _record(replace(server, restarted=" and ".join(notes)), state)
 
 
+# %% ../../nbs/team/02_server.ipynb #8758a3a7
 def _store_reads(uri: str, wait: float) -> bool:
     "Whether MLflow at `uri` reads its store, asking for up to `wait` seconds."
     deadline = time.monotonic() + wait

@@ -72,6 +72,7 @@ def _runs_of(client: MlflowClient, study: optuna.Study, trial: optuna.trial.Froz
     return [r.info.run_id for r in client.search_runs([experiment_id], found)]
 
 
+# %% ../../nbs/team/03_workers.ipynb #db2b59aa
 def _retry(max_retry: int | None):
     "Optuna's callback that queues a copy of a failed trial (`RetryHeartbeatStaleTrialCallback` since Optuna 4.9)."
     with warnings.catch_warnings():
@@ -80,6 +81,7 @@ def _retry(max_retry: int | None):
         return retry(max_retry=max_retry)
 
 
+# %% ../../nbs/team/03_workers.ipynb #844f2620
 def _close_run_of(grace: int):
     "Optuna's callback for a trial whose worker died: close the trial's MLflow run, then queue the trial again."
 
@@ -97,6 +99,7 @@ def _close_run_of(grace: int):
     return close
 
 
+# %% ../../nbs/team/03_workers.ipynb #9561fb8d
 def shared_storage(
     url: str,
     grace: int = 15,  # seconds a trial's worker may be silent (sweep.worker_grace); it beats every grace/3 s
@@ -114,6 +117,7 @@ def shared_storage(
         )
 
 
+# %% ../../nbs/team/03_workers.ipynb #c6cc19f6
 def join_sweep(cfg: Config) -> tuple[str, str, optuna.Study]:
     "Find or set up the distributed sweep of `cfg.sweep.name`: (parent run id, experiment id, study)."
     client, name, strategy = MlflowClient(), cfg.sweep.name, cfg.sweep.strategy
@@ -178,10 +182,12 @@ class _TrialFailed(Exception):
     "The trial's training failed: its run is FAILED with the error, and the trial too."
 
 
+# %% ../../nbs/team/03_workers.ipynb #ab062437
 class _ServiceLost(Exception):
     "The tracking server or the storage was lost during the trial: the worker queues it again and stops."
 
 
+# %% ../../nbs/team/03_workers.ipynb #b8f19410
 def _settling(trials: list[optuna.trial.FrozenTrial], grace: int) -> bool:
     "Whether a trial failed in the last `grace` s for its worker or a service, and its copy is not queued yet."
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
@@ -196,6 +202,7 @@ def _settling(trials: list[optuna.trial.FrozenTrial], grace: int) -> bool:
     )
 
 
+# %% ../../nbs/team/03_workers.ipynb #953e2a6a
 def _fresh(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     "The trials that are not retries of a dead worker's trial: TPE's budget counts these."
     with warnings.catch_warnings():
@@ -340,6 +347,7 @@ class SweepStorageLost(MlopsError):
     "The sweep's storage stopped answering while a worker ran (exit code 1); the message names it, without a password."
 
 
+# %% ../../nbs/team/03_workers.ipynb #3286dd43
 @contextlib.contextmanager
 def quiet_heartbeats() -> Iterator[None]:
     "While the block runs, Optuna's heartbeat thread dies without a traceback (the worker says why in one line)."
@@ -426,6 +434,7 @@ def missing_points(
     return [p for p in grid_points(grid) if trial_key(p) not in done]
 
 
+# %% ../../nbs/team/03_workers.ipynb #4e44a1cc
 def completed_points(parent_run_id: str) -> set[str]:
     "The `trial_key`s of the grid points of a sweep whose run finished complete."
     return {
@@ -440,6 +449,7 @@ class SweepIncomplete(MlopsError):
     "A distributed sweep ended with grid points that never completed (exit code 1); its parent run names them."
 
 
+# %% ../../nbs/team/03_workers.ipynb #13c0e737
 def end_sweep(cfg: Config, parent_id: str, exp_id: str, ran: list) -> SweepResult:
     "The last worker's part, once, under the lock: mark the best and end the parent; with grid points missing, say so."
     client, grid, strategy = MlflowClient(), cfg.sweep.grid, cfg.sweep.strategy

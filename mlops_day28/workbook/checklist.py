@@ -37,6 +37,7 @@ def _module(exercise: int):
         return None
 
 
+# %% ../../nbs/workbook/08_checklist.ipynb #c4174efe
 def item_results(exercise: int, folder: Path) -> list:
     "The Results of an exercise's checklist item, read as its notebook in `folder` would read them."
     from mlops_day28.workbook.tasks import Result, Task, this_notebook
@@ -53,6 +54,7 @@ def item_results(exercise: int, folder: Path) -> list:
     return list(once.values())
 
 
+# %% ../../nbs/workbook/08_checklist.ipynb #16db0092
 def exercise_tasks(exercise: int) -> list:
     "The exercise's tasks (q1, q2, ...), in order."
     from mlops_day28.workbook.tasks import Task
@@ -68,6 +70,7 @@ def default_folder(root: Path) -> Path:
     return root / "learner" if (root / "learner").is_dir() else root / "nbs" / "exercises"
 
 
+# %% ../../nbs/workbook/08_checklist.ipynb #3c9e13b7
 def tracking_uri() -> str:
     "The server to read: $MLFLOW_TRACKING_URI, else this project's local one; MlopsError (exit 1) if it does not answer."
     from mlops_day28.reliability.local_server import mlflow_version_at, port_from_env
@@ -85,6 +88,7 @@ def _show(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
+# %% ../../nbs/workbook/08_checklist.ipynb #cf65b38b
 @command("mlops-check")
 def check(
     exercise: Annotated[
@@ -113,6 +117,7 @@ def check(
         os.environ.pop("IPYNB_FILE", None) if ipynb is None else os.environ.update(IPYNB_FILE=ipynb)
 
 
+# %% ../../nbs/workbook/08_checklist.ipynb #b829f587
 def _report(exercise: int | None, folder: Path) -> int:
     "Print the items (or one exercise and its tasks); 0 when every item shown is done."
     from mlops_day28.workbook.tasks import NOTEBOOK_ONLY

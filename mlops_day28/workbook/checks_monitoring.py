@@ -46,6 +46,7 @@ def your_families(text: str) -> dict[str, object]:
     }
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #563df7f2
 def metric_results(text: str) -> Iterator[Result]:
     "A counter, a histogram, a gauge and a labelled counter, with requests counted."
     fams = your_families(text)
@@ -80,6 +81,7 @@ def _folder() -> Path:
     return Path(find_project_root()) / folder
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #a34d8a04
 _WATCHING: dict = {}  # host:port -> a Prometheus that q1's check started for q2's, scraping the learner's service
 
 
@@ -95,11 +97,13 @@ def _prometheus_for(url: str):
     return _WATCHING[target]
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #d55640f7
 def _scrape(url: str) -> tuple[int, str]:
     r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5)
     return r.status_code, r.text
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #1530233c
 def _own_registry(text: str) -> bool:
     "None of the learner's metrics is in prometheus_client's global registry (where a re-run cell would clash)."
     from prometheus_client import REGISTRY
@@ -108,6 +112,7 @@ def _own_registry(text: str) -> bool:
     return not any(n in names or f"{n}_total" in names for n in your_families(text))
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #bfa7759f
 def _q1():
     try:
         url = str(learner_variable("my_url"))
@@ -151,12 +156,14 @@ def _traffic(url: str, seconds: float = 1.5) -> int:
     return ok
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #465abf53
 def _value(prometheus_url: str, query: str) -> list[float]:
     from mlops_day28.serve.prometheus import prometheus_get
 
     return [float(r["value"][1]) for r in prometheus_get(prometheus_url, "/api/v1/query", query=query)["result"]]
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #c724e40a
 def _q2():
     try:
         query, url = learner_variable("p95_query"), learner_variable("my_url")
@@ -215,6 +222,7 @@ def _promtool(*args: str, cwd: Path) -> tuple[bool, str]:
     return out.returncode == 0, (lines[-1] if lines else "")[:200]
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #5351bf70
 def alert_results(folder: Path) -> Iterator[Result]:
     "The learner's alert rule and its unit test, in `folder`, checked with promtool."
     import yaml
@@ -270,6 +278,7 @@ def alert_results(folder: Path) -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #0a3f988f
 def _q3():
     yield from alert_results(_folder())
 

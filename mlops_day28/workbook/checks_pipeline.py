@@ -43,6 +43,7 @@ def notebook_folder() -> Path:
     return (find_project_root() / nb).parent  # an absolute `nb` stays as it is
 
 
+# %% ../../nbs/workbook/04_checks_pipeline.ipynb #cf99c002
 def config_changes(path: Path, reference: Path | None = None) -> dict[str, tuple]:
     "The values of the config at `path` that differ from `reference` (configs/config.yaml): key -> (theirs, yours)."
     ref = flatten_config(load_config(reference or find_project_root() / "configs" / "config.yaml"))
@@ -50,6 +51,7 @@ def config_changes(path: Path, reference: Path | None = None) -> dict[str, tuple
     return {k: (ref.get(k), v) for k, v in mine.items() if ref.get(k) != v}
 
 
+# %% ../../nbs/workbook/04_checks_pipeline.ipynb #643bbdb3
 def runs_of_config(path: Path, client=None) -> list:
     "FINISHED pipeline runs that trained the config file at `path` as it is now, newest first."
     client = client or MlflowClient()
@@ -76,6 +78,7 @@ def _fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+# %% ../../nbs/workbook/04_checks_pipeline.ipynb #12b36394
 def misspelt_keys(data: dict) -> dict[str, str]:
     "Unknown keys of the parsed YAML `data` that are near misses of a real key: dotted key -> the real one."
     try:
@@ -120,6 +123,7 @@ def _my_config() -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/04_checks_pipeline.ipynb #fbf869aa
 def _same_twice() -> Iterator[Result]:
     "q2: two FINISHED runs of the same file give the same test metrics."
     path = notebook_folder() / MY_CONFIG
@@ -143,6 +147,7 @@ def _same_twice() -> Iterator[Result]:
         )
 
 
+# %% ../../nbs/workbook/04_checks_pipeline.ipynb #927e024a
 def _typo() -> Iterator[Result]:
     "q3: a config with a misspelt key, refused by name, and the right prediction."
     path = notebook_folder() / MY_TYPO

@@ -47,6 +47,7 @@ def _client():
     return MlflowClient()
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #34eca4db
 def is_yours(run) -> bool:
     "Whether `run` was started from a notebook in the declared notebook's folder."
     folder = your_folder()
@@ -55,6 +56,7 @@ def is_yours(run) -> bool:
     return (run.data.tags.get("mlflow.source.name") or "").startswith(folder + "/")
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #fa0184df
 def registered(client, name: str):
     "The registered model `name`, or None if there is none."
     from mlflow.exceptions import MlflowException
@@ -67,6 +69,7 @@ def registered(client, name: str):
         raise
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #1f5b2f97
 def your_versions(client, name: str) -> list[tuple]:
     "(version, run) for each version of `name` whose model came from one of your runs, oldest first."
     from mlflow.exceptions import MlflowException
@@ -99,11 +102,13 @@ def stated_accuracies(text: str | None) -> list[tuple[float, float]]:
     return out
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #abb505b3
 def states_accuracy(text: str | None, accuracy: float) -> bool:
     "Whether `text` states `accuracy` to at least two decimals (0.97, 97%, 97.4%), rounded or cut."
     return any(abs(value - accuracy) <= tol + 1e-9 for value, tol in stated_accuracies(text))
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #468fda31
 def run_accuracies(run) -> dict[str, float]:
     "The accuracies a run logged: metric name -> last value."
     return {k: v for k, v in run.data.metrics.items() if "acc" in k.lower()}
@@ -119,10 +124,12 @@ def _model(client) -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #680e9a18
 def _yours(client) -> list[tuple]:
     return your_versions(client, MY_MODEL) if registered(client, MY_MODEL) else []
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #a3857e0d
 def _q1() -> Iterator[Result]:
     c = _client()
     yield from (results := list(_model(c)))
@@ -134,6 +141,7 @@ def _q1() -> Iterator[Result]:
         )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #af1c6691
 def _q2() -> Iterator[Result]:
     c = _client()
     mine = _yours(c)
@@ -157,6 +165,7 @@ def _q2() -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #b20482ec
 def _q3() -> Iterator[Result]:
     c = _client()
     yield from (results := list(_model(c)))
@@ -185,6 +194,7 @@ def _q3() -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #42f627a7
 def test_split():
     "The test split of the workbook's config: what the exercise notebook calls `test`."
     from mlops_day28.config import load_config, workbook_config_path
@@ -194,12 +204,14 @@ def test_split():
     return split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #8d2a0c41
 def as_labels(predictions) -> np.ndarray:
     "Class labels from predictions given as labels (n,) or as scores per class (n, classes)."
     a = np.asarray(predictions)
     return (a.argmax(1) if a.ndim == 2 else a.reshape(-1)).astype(int)
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #4572918d
 def champion_scores(X: np.ndarray) -> np.ndarray:
     "What the learner's champion predicts for `X`, loaded by its alias as the task asks."
     import mlflow
@@ -207,6 +219,7 @@ def champion_scores(X: np.ndarray) -> np.ndarray:
     return np.asarray(mlflow.pyfunc.load_model(f"models:/{MY_MODEL}@{ALIAS}").predict(X))
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #d56a68f1
 def _q4() -> Iterator[Result]:
     yield (stored := has_variable(PREDICTIONS, f"`{PREDICTIONS}` holds your predictions"))
     if not stored.ok:

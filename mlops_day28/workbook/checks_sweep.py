@@ -41,18 +41,21 @@ def _float(value) -> float | None:
         return None
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #52a985e0
 def combination(run) -> tuple | None:
     "The (learning_rate, batch_size, dropout) a child run logged, as floats; None if one is missing."
     values = tuple(_float(run.data.params.get(k)) for k in PARAM_GRID)
     return None if None in values else values
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #f6d96bd1
 def is_marked_best(run) -> bool:
     "Whether a run carries `is_best`, as a tag (the right way) or a param (the course's snippet)."
     value = run.data.tags.get("is_best", run.data.params.get("is_best", ""))
     return str(value).strip().lower() in TRUE
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #382a8a5b
 def children_of(client, run) -> list:
     "The child runs of `run` (those whose mlflow.parentRunId tag names it)."
     return client.search_runs(
@@ -60,6 +63,7 @@ def children_of(client, run) -> list:
     )
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #d6584365
 def your_grid(client) -> tuple:
     "Your newest finished `my_grid` parent run and its children; (None, []) if there is none."
     runs = [
@@ -70,6 +74,7 @@ def your_grid(client) -> tuple:
     return (runs[0], children_of(client, runs[0])) if runs else (None, [])
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #c74e3b78
 def _parent_result(parent) -> Result:
     return Result(
         parent is not None,
@@ -144,6 +149,7 @@ def _best_results(children) -> Iterator[Result]:
     )
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #b114ebf6
 def _q2(client=None):
     from mlflow import MlflowClient
 
@@ -212,6 +218,7 @@ def _checklist():
         yield from _best_results([c for c in children if c.info.status == "FINISHED"])
 
 
+# %% ../../nbs/workbook/05_checks_sweep.ipynb #50ffd231
 def checklist() -> Iterator[Result]:
     "Exercise 4's item of the course's checklist: your grid tracked as nested runs, its best marked once."
     yield from Task("sweep", "04_sweep", "Hyperparameter sweep tracked", _checklist, "").results()

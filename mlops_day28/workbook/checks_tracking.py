@@ -32,6 +32,7 @@ def _png_artifacts(client, run_id: str, path: str = "", depth: int = 0) -> list[
     return found
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #99aeef31
 def _q1():
     from mlflow import MlflowClient
 
@@ -84,6 +85,7 @@ def _this_notebooks_runs():
     return your_runs(filter_string=f"tags.`mlflow.source.name` = '{current_notebook()}'")
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #43302c33
 def _q2():
     best_id = yield from run_id_variable("best_run_id")
     if best_id is None:
@@ -125,6 +127,7 @@ def wandb_records(path: str | Path, wait: float = 15.0) -> list:
         time.sleep(0.2)
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #1427427d
 def _read_records(path: str | Path) -> list:
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -145,10 +148,12 @@ def _read_records(path: str | Path) -> list:
     return out
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #c8508166
 def _kind(r) -> str:
     return r.WhichOneof("record_type")
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #e2aabf66
 def _q3():
     try:
         run = learner_variable("wandb_run")

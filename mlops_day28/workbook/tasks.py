@@ -54,11 +54,13 @@ def this_notebook(
     return _NOTEBOOK
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #93ed7f18
 def current_notebook() -> str | None:
     "The notebook declared with `this_notebook` in this process, if any."
     return _NOTEBOOK
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #00217ee7
 class NotebookRunContext:  # MLflow calls in_context() and tags(); not a subclass: this module must not import mlflow
     "MLflow run context provider: a run started from a declared notebook records that notebook as its source."
 
@@ -88,10 +90,12 @@ def your_folder() -> str | None:
     return None if _NOTEBOOK is None else (Path(_NOTEBOOK).parent.as_posix())
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #af9c8198
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #3c5c19c0
 def your_runs(
     client=None,  # an MlflowClient (default: one for the current tracking URI)
     filter_string: str = "",  # more conditions, in MLflow's search syntax
@@ -116,10 +120,12 @@ def your_runs(
     return client.search_runs(ids, where, max_results=max_results, order_by=["attributes.start_time DESC"])
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #c705d452
 class NotebookNotDeclared(Exception):
     "No notebook was declared in this process, so no run can be told apart as the learner's."
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #ead639e7
 class OutsideNotebook(Exception):
     "A check that reads a variable of the notebook, asked outside one (`mlops-check` in a terminal)."
 
@@ -137,6 +143,7 @@ class Result:
         return f"✓ {self.what}" if self.ok else f"✗ {self.what}" + (f"\n    hint: {self.hint}" if self.hint else "")
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #b5d533f3
 NOTEBOOK_ONLY = "checked in the notebook only"  # a criterion that reads a notebook variable, asked from a terminal
 STRICT_ENV = "MLOPS_STRICT_CHECKS"  # "1": a ✗ raises (the solution edition under the tests and make workbook)
 
@@ -147,6 +154,7 @@ def _one_line(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #89989340
 def _failure(e: BaseException) -> Result:
     "The ✗ for an error met while checking."
     if isinstance(e, NotebookNotDeclared):
@@ -159,6 +167,7 @@ def _failure(e: BaseException) -> Result:
     return Result(False, f"could not check: {text}", "re-run your code above, then this check")
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #e93f7a16
 class Task:
     "A task of an exercise: `check()`, `hint()` and `solution()`, as in Kaggle Learn's exercises."
 
@@ -252,6 +261,7 @@ def learner_variable(name: str):
     return shell.user_ns[name]
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #e3e4cf38
 def has_variable(name: str, what: str) -> Result:
     "✓ when the learner defined `name`."
     try:
@@ -261,11 +271,13 @@ def has_variable(name: str, what: str) -> Result:
         return Result(False, what, f"define `{name}` in the cell above and run it")
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #ee41babe
 def file_result(path: Path, what: str, hint: str) -> Result:
     "✓ when the learner's file `path` exists."
     return Result(path.exists(), what, hint)
 
 
+# %% ../../nbs/workbook/01_tasks.ipynb #c2e1c055
 def run_id_variable(name: str = "best_run_id", hint: str = "take runs.iloc[0]['run_id']"):
     "Results for the learner's `name` holding a run id; returns the id, or None if undefined or not a str (`yield from`)."
     try:
