@@ -9,45 +9,23 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_day28.reliability.coordination import (
-    HOST_TAG,
-    PID_TAG,
-    ensure_experiment,
-    heartbeat,
-    owner_tags,
-    presumed_dead,
-    server_lock,
-)
-from mlops_day28.reliability.lifecycle import (
-    UNSENT,
-    Terminated,
-    TrackingServerLost,
-    closing_run,
-    describe_failure,
-    end_run,
-    quick_http,
-)
-
-from .local_server import check_tracking_server
+from .coordination import HOST_TAG as HOST_TAG
+from .coordination import PID_TAG as PID_TAG
+from .coordination import ensure_experiment as ensure_experiment
+from .coordination import heartbeat as heartbeat
+from .coordination import owner_tags as owner_tags
+from .coordination import presumed_dead as presumed_dead
+from .coordination import server_lock as server_lock
+from .lifecycle import UNSENT, closing_run
+from .lifecycle import Terminated as Terminated
+from .lifecycle import TrackingServerLost as TrackingServerLost
+from .lifecycle import describe_failure as describe_failure
+from .lifecycle import end_run as end_run
+from .lifecycle import quick_http as quick_http
+from .local_server import check_tracking_server as check_tracking_server
 
 # %% auto #0
-__all__ = [
-    "guarded_run",
-    "keep_unsent",
-    "server_lock",
-    "ensure_experiment",
-    "owner_tags",
-    "HOST_TAG",
-    "PID_TAG",
-    "presumed_dead",
-    "heartbeat",
-    "end_run",
-    "describe_failure",
-    "TrackingServerLost",
-    "Terminated",
-    "quick_http",
-    "check_tracking_server",
-]
+__all__ = ["guarded_run", "keep_unsent"]
 
 
 # %% ../../nbs/reliability/05_guard.ipynb #eda88865
@@ -85,21 +63,3 @@ def keep_unsent(
 ) -> None:
     "Keep `metrics` that could not be sent to `run_id`: they go with the run when it is ended (or journalled)."
     UNSENT.setdefault(run_id, []).extend(metrics)
-
-
-# %% ../../nbs/reliability/05_guard.ipynb #75cf258e
-_all_ = [  # nbdev adds these to __all__: with the two above, everything the core imports from reliability/
-    "server_lock",
-    "ensure_experiment",
-    "owner_tags",
-    "HOST_TAG",
-    "PID_TAG",
-    "presumed_dead",
-    "heartbeat",
-    "end_run",
-    "describe_failure",
-    "TrackingServerLost",
-    "Terminated",
-    "quick_http",
-    "check_tracking_server",
-]
