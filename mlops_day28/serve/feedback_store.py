@@ -41,12 +41,14 @@ CREATE INDEX IF NOT EXISTS feedback_at ON feedback (at);
 """
 
 
+# %% ../../nbs/serve/04_feedback_store.ipynb #061fa74c
 def _discard(db: sqlite3.Connection, path: Path) -> None:
     db.close()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+# %% ../../nbs/serve/04_feedback_store.ipynb #f8054561
 class FeedbackStore:
     "Signed prediction ids, and the feedback recorded for them, in a SQLite file that processes can share."
 

@@ -45,6 +45,8 @@ INVALID_REASONS = (
     "body_too_large",
     "too_deep",
 )
+
+
 UNAVAILABLE_REASONS = ("feedback_store_unavailable",)  # 503: the service cannot do it now; not an invalid request
 
 
@@ -56,6 +58,7 @@ class BadRequest(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #d0e1815e
 def predict_request(
     n_features: int = 64, image_shape: tuple = (8, 8), lo: float = 0.0, hi: float = 16.0, max_batch: int = 256
 ) -> type[BaseModel]:
@@ -83,6 +86,7 @@ def predict_request(
     return PredictRequest
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #bc6a52e9
 class Prediction(BaseModel):
     prediction_id: str = Field(description="send it back to /feedback with the true label")
     predicted_class: int
@@ -90,17 +94,20 @@ class Prediction(BaseModel):
     probabilities: list[float]
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #be7d4091
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
     predictions: list[Prediction]
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #3651cb12
 def _whole(value: Any) -> Any:
     '3.0 is the integer 3 in JSON (and JSON Schema); true, 3.5 and "3" are not.'
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #b7462a89
 def feedback_request(n_classes: int = 10) -> type[BaseModel]:
     "The pydantic model of a /feedback body for a model of `n_classes` classes."
 
@@ -116,6 +123,7 @@ def feedback_request(n_classes: int = 10) -> type[BaseModel]:
     return FeedbackRequest
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #b32c73a3
 class FeedbackResponse(BaseModel):
     prediction_id: str
     correct: bool
@@ -123,6 +131,7 @@ class FeedbackResponse(BaseModel):
     window: int
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #e363dd34
 class ErrorBody(BaseModel):
     "Every refusal: one sentence, and the reason (for a 4xx, the label of model_invalid_requests_total)."
 
@@ -130,6 +139,7 @@ class ErrorBody(BaseModel):
     reason: str = Field(json_schema_extra={"enum": [*INVALID_REASONS, *UNAVAILABLE_REASONS]})
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #98601313
 def json_refusal(e: ValidationError) -> BadRequest | None:
     "The refusal for a body pydantic could not read as JSON (400), or None when it is JSON."
     bad = next((err for err in e.errors() if err["type"] == "json_invalid"), None)
@@ -140,6 +150,7 @@ def json_refusal(e: ValidationError) -> BadRequest | None:
     return BadRequest(400, "not_json", f"the body is not valid JSON ({bad['msg'].removeprefix('Invalid JSON: ')})")
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #4cd09027
 def feedback_refusal(e: ValidationError, n_classes: int) -> BadRequest:
     "The 422 for a /feedback body that is JSON but not `feedback_request(n_classes)`."
     err = e.errors()[0]
@@ -153,6 +164,7 @@ def feedback_refusal(e: ValidationError, n_classes: int) -> BadRequest:
     return BadRequest(422, "bad_field", 'send {"prediction_id": "...", "label": <class index>}')
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #2ab55126
 ERRORS = {
     400: "the body is not JSON, or is nested too deeply",
     404: "no such prediction_id (too old, or never made)",
@@ -168,6 +180,7 @@ def error_responses(*statuses: int) -> dict:
     return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in statuses}
 
 
+# %% ../../nbs/serve/01_payloads.ipynb #02038b17
 def request_body(model: type[BaseModel]) -> dict:
     "FastAPI's `openapi_extra=` for a route that reads its body itself: the body's schema and example, from `model`."
     schema = model.model_json_schema()
@@ -175,38 +188,7 @@ def request_body(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
-def parse_images(
-    body: bytes,
-    n_features: int = 64,
-    image_shape: tuple = (8, 8),
-    lo: float = 0.0,
-    hi: float = 16.0,
-    max_batch: int = 256,
-    adapter: TypeAdapter | None = None,  # of `predict_request(...)` for these settings (made here when not given)
-) -> tuple[np.ndarray, bool]:
-    "The images in a /predict body as a float32 (n, n_features) array, and whether it was a single image."
-    adapter = adapter or TypeAdapter(predict_request(n_features, image_shape, lo, hi, max_batch))
-    try:
-        request = adapter.validate_json(body)
-        if (request.image is None) != (request.images is None):
-            single = request.image is not None
-            items = [request.image] if single else request.images
-            try:  # one call for a batch of one shape
-                rows = np.asarray(items, dtype=np.float32)
-            except ValueError:  # flat images and 8x8 ones in one batch
-                rows = np.stack([np.asarray(item, dtype=np.float32).reshape(n_features) for item in items])
-            return rows.reshape(len(items), n_features), single
-    except ValidationError as e:
-        if refusal := json_refusal(e):
-            raise refusal from None
-    try:  # JSON that pydantic read: say exactly what is wrong with it
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
-    _refuse_images(data, n_features, image_shape, lo, hi, max_batch)
-    raise BadRequest(422, "type", "the body does not match the schema at /docs")  # pydantic and NumPy disagree
-
-
+# %% ../../nbs/serve/01_payloads.ipynb #7c05f1bf
 def _refuse_images(data: Any, n_features: int, image_shape: tuple, lo: float, hi: float, max_batch: int) -> None:
     "Raise the BadRequest that says what is wrong with the /predict body `data` (parsed JSON), if anything."
     if not isinstance(data, dict):
@@ -263,3 +245,36 @@ def _refuse_images(data: Any, n_features: int, image_shape: tuple, lo: float, hi
                 "out_of_range",
                 f"{where}: pixel values must be between {lo:g} and {hi:g}, got {arr.min():g} to {arr.max():g}",
             )
+
+
+# %% ../../nbs/serve/01_payloads.ipynb #193eaffb
+def parse_images(
+    body: bytes,
+    n_features: int = 64,
+    image_shape: tuple = (8, 8),
+    lo: float = 0.0,
+    hi: float = 16.0,
+    max_batch: int = 256,
+    adapter: TypeAdapter | None = None,  # of `predict_request(...)` for these settings (made here when not given)
+) -> tuple[np.ndarray, bool]:
+    "The images in a /predict body as a float32 (n, n_features) array, and whether it was a single image."
+    adapter = adapter or TypeAdapter(predict_request(n_features, image_shape, lo, hi, max_batch))
+    try:
+        request = adapter.validate_json(body)
+        if (request.image is None) != (request.images is None):
+            single = request.image is not None
+            items = [request.image] if single else request.images
+            try:  # one call for a batch of one shape
+                rows = np.asarray(items, dtype=np.float32)
+            except ValueError:  # flat images and 8x8 ones in one batch
+                rows = np.stack([np.asarray(item, dtype=np.float32).reshape(n_features) for item in items])
+            return rows.reshape(len(items), n_features), single
+    except ValidationError as e:
+        if refusal := json_refusal(e):
+            raise refusal from None
+    try:  # JSON that pydantic read: say exactly what is wrong with it
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(400, "not_json", f"the body is not valid JSON ({e})") from None
+    _refuse_images(data, n_features, image_shape, lo, hi, max_batch)
+    raise BadRequest(422, "type", "the body does not match the schema at /docs")  # pydantic and NumPy disagree

@@ -16,7 +16,7 @@ import numpy as np
 from .served_model import ServedModel
 
 # %% auto #0
-__all__ = ["followed_alias", "incompatibility", "AliasFollower"]
+__all__ = ["followed_alias", "incompatibility", "alias_version", "AliasFollower"]
 
 # %% ../../nbs/serve/08_reload.ipynb #rl000002
 _log = logging.getLogger("mlops_day28.serve.app")
@@ -30,6 +30,7 @@ def followed_alias(uri: str) -> tuple[str, str] | None:
     return name, alias
 
 
+# %% ../../nbs/serve/08_reload.ipynb #2b150002
 def incompatibility(
     serving: ServedModel,  # the model behind the service's API now
     new: ServedModel,  # its would-be replacement
@@ -48,6 +49,30 @@ def incompatibility(
     if probs.shape != (8, len(a.class_names)) or not np.isfinite(probs).all():
         return f"it answers sample inputs with {probs.shape} probabilities, not (8, {len(a.class_names)}) finite ones"
     return None
+
+
+# %% ../../nbs/serve/08_reload.ipynb #0eda7a0d
+def alias_version(
+    name: str,  # the registered model
+    alias: str,  # its alias: champion
+) -> tuple[str | None, str, str]:
+    "(version, registry state, detail): the version `name@alias` names now (one try, 5 s at most), or None and why."
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from mlops_day28.reliability.lifecycle import quick_http
+
+    try:
+        with quick_http(5):
+            version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as e:
+        first = str(e).splitlines()[0][:300]
+        if e.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None, "alias missing", f"the registry has no {name}@{alias}: {first}"
+        return None, "unreachable", first
+    except Exception as e:  # the connection itself: refused, reset, timed out
+        return None, "unreachable", f"{type(e).__name__}: {str(e)[:300]}"
+    return version, "reachable", ""
 
 
 # %% ../../nbs/serve/08_reload.ipynb #rl000004
@@ -70,13 +95,8 @@ class AliasFollower:
         if self.name is None:
             raise ValueError(f"{uri} names no alias to follow (models:/NAME@ALIAS)")
         self.uri, self.every = uri, every
-        self.current, self.load, self.swap, self.on_reload, self.on_registry = (
-            current,
-            load,
-            swap,
-            on_reload,
-            on_registry,
-        )
+        self.current, self.load, self.swap = current, load, swap
+        self.on_reload, self.on_registry = on_reload, on_registry
         self.state, self.detail, self.checked_at = "not checked yet", "", None
         self.reloads = self.failed_reloads = 0
         self.last_failure, self._failed, self._wait = "", None, 0
@@ -84,22 +104,8 @@ class AliasFollower:
 
     def registry_version(self) -> str | None:
         "The version the alias names now (one try, 5 s at most); None when the registry does not say."
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        from mlops_day28.reliability.lifecycle import quick_http
-
-        try:
-            with quick_http(5):
-                version = str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
-        except MlflowException as e:
-            first = str(e).splitlines()[0][:300]
-            if e.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-                return self._registry("alias missing", f"the registry has no {self.name}@{self.alias}: {first}")
-            return self._registry("unreachable", first)
-        except Exception as e:  # the connection itself: refused, reset, timed out
-            return self._registry("unreachable", f"{type(e).__name__}: {str(e)[:300]}")
-        self._registry("reachable", "")
+        version, state, detail = alias_version(self.name, self.alias)
+        self._registry(state, detail)
         return version
 
     def _registry(self, state: str, detail: str) -> None:
