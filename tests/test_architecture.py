@@ -171,3 +171,35 @@ def test_the_map_names_every_notebook_and_module():
         assert re.search(rf"`{re.escape(nb.relative_to(NBS).with_suffix('').as_posix())}` \| `{short}`", text) or (
             short.startswith("workbook.checks_") and "`workbook.checks_*`" in text
         ), f"the map does not give {nb.relative_to(NBS)} its module {short}"
+
+
+def all_cells():
+    for nb in sorted(NBS.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" not in nb.parts:
+            for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+                yield nb.relative_to(NBS), i, cell["cell_type"], "".join(cell["source"])
+
+
+def test_no_cell_reaches_100_lines():
+    long = [
+        f"{nb} cell {i} ({kind}): {len(src.splitlines())} lines"
+        for nb, i, kind, src in all_cells()
+        if len(src.splitlines()) >= 100
+    ]
+    assert not long, long
+
+
+def test_one_definition_per_export_cell():
+    "As in fastcore: one function or class per exported cell (constants may go with it), then the cell that shows it."
+    crowded = []
+    for nb, i, kind, src in all_cells():
+        if kind == "code" and re.match(r"#\|\s*export", src):
+            body = "\n".join(line for line in src.splitlines() if not line.startswith("#|"))
+            defs = [
+                n.name
+                for n in ast.parse(body).body
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            ]
+            if len(defs) > 1:
+                crowded.append(f"{nb} cell {i}: {defs}")
+    assert not crowded, crowded

@@ -33,11 +33,13 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
     return bounds[-2] if len(bounds) > 1 else float("nan")
 
 
+# %% ../../nbs/serve/13_dashboard.ipynb #219c8a69
 def _buckets(sample: dict, name: str) -> dict[float, float]:
     prefix = f'{name}_bucket{{le="'
     return {float(k[len(prefix) : -2]): v for k, v in sample.items() if k.startswith(prefix)}
 
 
+# %% ../../nbs/serve/13_dashboard.ipynb #7d953b61
 def dashboard_series(samples: list[dict]) -> dict[str, np.ndarray]:
     "Time series for the dashboard from successive /metrics readings (what Prometheus would compute)."
     t = np.array([s["time"] for s in samples])
@@ -83,6 +85,7 @@ def prometheus_series(url: str, start: float, end: float, step: float = 1.0) -> 
     return out
 
 
+# %% ../../nbs/serve/13_dashboard.ipynb #bb675816
 def plot_dashboard(
     series: dict[str, np.ndarray], classes: dict[str, float], drift_start: float | None = None, source: str = ""
 ):

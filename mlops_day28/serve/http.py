@@ -98,6 +98,7 @@ class Stopped(KeyboardInterrupt):
     "SIGTERM or Ctrl-C before the service serves: its start-up ends here."
 
 
+# %% ../../nbs/serve/03_http.ipynb #fd9f2c2a
 @contextlib.contextmanager
 def stopping(what: str = "mlops-serve") -> Iterator[dict]:
     "While the block runs, SIGTERM and Ctrl-C stop the service (gracefully once it serves); then one line says so."
@@ -147,6 +148,7 @@ class _Workers(Multiprocess):
         super().terminate_all()
 
 
+# %% ../../nbs/serve/03_http.ipynb #0b944395
 def run_server(
     config: uvicorn.Config,  # the app, host, port, `http=ServiceProtocol`, `timeout_graceful_shutdown`, workers
     got: dict,  # from `stopping()`

@@ -36,6 +36,7 @@ def multiprocess_metrics() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+# %% ../../nbs/serve/07_metrics.ipynb #9c358563
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of their own (summed over processes with `--workers N`)."
 

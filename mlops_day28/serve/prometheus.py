@@ -57,17 +57,20 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the starting thread ends
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #2165d3b9
 def _stop_all() -> None:
     for proc, _ in list(_STARTED.values()):
         proc.stop()  # one that ended by itself still has its folder to remove
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #835b4e28
 def _stop_all_then_end(signum, frame) -> None:  # SIGTERM's handler in a process that launched some
     _stop_all()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)  # then end as SIGTERM would have
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #3f33da08
 @dataclass
 class Background(Process):
     "A process `launch` started; stopping it also removes its temporary folder (its log, and what it was given)."
@@ -83,6 +86,7 @@ class Background(Process):
                 shutil.rmtree(self.folder, ignore_errors=True)
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #04a22dc3
 def launch(
     cmd: list[str],
     name: str,
@@ -111,6 +115,7 @@ def launch(
     return ready_(proc, timeout) if wait else proc
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #959e7e2a
 def ready_(proc: Process, timeout: float = 120) -> Process:
     "Wait until `proc` (from `launch`) is ready; stop it and raise if it never is."
     try:
@@ -139,6 +144,7 @@ def start_service(
     return launch(cmd, "mlops-serve", url, ready, timeout, wait, env)
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #4c3e6a9d
 def start_prometheus(
     targets: list[str],  # host:port of each service to scrape
     rule_files: list[str | Path] = (),  # alert rule files
@@ -193,6 +199,7 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #f34b66f9
 def send_traffic(
     url: str,
     X: np.ndarray,
@@ -250,6 +257,7 @@ def prometheus_get(url: str, path: str, **params) -> dict:
     return answer["data"]
 
 
+# %% ../../nbs/serve/12_prometheus.ipynb #61c025ed
 def alert_state(prometheus_url: str, alertname: str) -> str:
     "inactive, pending or firing: the state of `alertname` in Prometheus now."
     states = [

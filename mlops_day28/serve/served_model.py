@@ -86,6 +86,7 @@ def _logged_digest(ref: ModelRef) -> str | None:
     return None  # a folder records no digest
 
 
+# %% ../../nbs/serve/06_served_model.ipynb #fbc179d2
 def input_profile(
     ref: ModelRef,
     cfg: Config | None = None,
@@ -121,6 +122,7 @@ def input_profile(
     return profile, "made from the config's data (the model was logged without a profile)"
 
 
+# %% ../../nbs/serve/06_served_model.ipynb #0c21d8fe
 @contextlib.contextmanager
 def _local_copy(ref: ModelRef) -> Iterator[ModelRef]:
     "`ref`, read from a local folder: a registry's or a run's model downloaded into a temporary one, removed after."
@@ -135,6 +137,7 @@ def _local_copy(ref: ModelRef) -> Iterator[ModelRef]:
         yield replace(ref, load_uri=path)
 
 
+# %% ../../nbs/serve/06_served_model.ipynb #8fe0eedc
 def load_served_model(
     uri: str,  # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a model folder
     cfg: Config | None = None,  # only for models logged without an input profile: their training data
