@@ -1,6 +1,7 @@
 # mlops_day28: the commands the README names.
 #   make workbook   set up, start the local MLflow server, run every exercise, print where to look
-#   make test       set up, run the tests and execute every notebook (nbval)
+#   make test       set up, run the tests and execute every notebook (nbval), the costliest left out
+#   make test-all   everything: make test and the costly tests (faults, team, scale); what CI runs
 # Everything installs into .venv from constraints.txt (pinned versions).
 
 PYTHON ?= python3
@@ -22,7 +23,7 @@ LINTED := mlops_day28 tests tools bench conftest.py
 LAB_CONFIG := $(CURDIR)/tools/jupyter_config
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help install workbook test test-fast lint learner lab check mlflow stop team team-stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
+.PHONY: FORCE help install workbook test test-all test-fast lint learner lab check mlflow stop team team-stop status reset export clean-nbs check-nbs bench lock ci ci-train ci-deploy serve prometheus export-model
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,11 +53,16 @@ workbook: install ## run every exercise notebook against the local MLflow server
 	@$(BIN)/mlops-check-config $(CONFIG)
 	MLOPS_CONFIG=$(CONFIG) $(BIN)/python tools/run_workbook.py
 
-test: install lint ## everything: lint, the tests in tests/ and every notebook executed by nbval
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+test: install lint ## before a commit: lint, the tests in tests/ and every notebook (nbval), but not the costly ones
+	$(PYTEST) -m "not costly"
+
+test-all: install lint ## everything, as CI runs it: make test and the costly tests (faults, team, scale, learner edition)
+	$(PYTEST)
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not notebook and not server and not slow"
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -m "not notebook and not server and not slow"
 
 lint: install ## ruff: lint and formatting of the package, tests, tools and benchmarks
 	$(BIN)/ruff check $(LINTED)

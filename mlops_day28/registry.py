@@ -94,8 +94,8 @@ def get_registered_model(name: str):
 
 # %% ../nbs/core/06_registry.ipynb #4f35b4ef
 def model_aliases(name: str) -> dict[str, str]:
-    "Alias -> version of the registered model `name`."
-    return dict(get_registered_model(name).aliases or {})
+    "Alias -> version (a string, as the REST API gives it; a local SQL store gives ints) of the registered model `name`."
+    return {alias: str(version) for alias, version in (get_registered_model(name).aliases or {}).items()}
 
 
 # %% ../nbs/core/06_registry.ipynb #6a3114ba
@@ -165,7 +165,7 @@ def resolve_model_uri(
                 return ModelRef(uri, f"models:/{name}/{version}", name, version)
             if "/" in name:
                 name, version = name.rsplit("/", 1)
-                return ModelRef(uri, uri, name, get_version(name, version).version)
+                return ModelRef(uri, uri, name, str(get_version(name, version).version))  # an int from a SQL store
         except RegistryError as e:
             raise ModelLoadError(str(e)) from None
         return ModelRef(uri, uri, ref, "logged")  # models:/m-<id>, a logged model

@@ -52,7 +52,7 @@ def train_here(capsys, *args):
     return code, out, err
 
 
-def test_image_model_on_tabular_data_is_refused_before_the_run(tracking_uri, tmp_path, capsys):
+def test_image_model_on_tabular_data_is_refused_before_the_run(local_mlflow, tmp_path, capsys):
     (tmp_path / "two.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
     (tmp_path / "bad.yaml").write_text(
         f"model: {{architecture: cnn, num_classes: 2}}\ndata: {{dataset_path: {tmp_path / 'two.csv'}}}"
@@ -64,7 +64,7 @@ def test_image_model_on_tabular_data_is_refused_before_the_run(tracking_uri, tmp
     assert len(all_runs()) == before
 
 
-def test_same_config_twice_gives_identical_test_metrics(tracking_uri):
+def test_same_config_twice_gives_identical_test_metrics(local_mlflow):
     cfg = load_config(
         TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
     )
@@ -76,7 +76,7 @@ def test_same_config_twice_gives_identical_test_metrics(tracking_uri):
     assert logged[0] == logged[1] == first["metrics"]["test_accuracy"]
 
 
-def test_run_records_what_reproduces_it(tracking_uri):
+def test_run_records_what_reproduces_it(local_mlflow):
     cfg = load_config(
         TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
     )
@@ -94,7 +94,7 @@ def test_run_records_what_reproduces_it(tracking_uri):
     assert {"train_loss", "val_accuracy", "test_accuracy", "test_loss"} <= set(run.data.metrics)
 
 
-def test_failure_after_the_run_started_marks_it_failed_and_exits_1(tracking_uri, monkeypatch, capsys):
+def test_failure_after_the_run_started_marks_it_failed_and_exits_1(local_mlflow, monkeypatch, capsys):
     def broken_fit(self, *args, **kwargs):
         raise RuntimeError("simulated crash in training")
 
@@ -113,7 +113,7 @@ def test_failure_after_the_run_started_marks_it_failed_and_exits_1(tracking_uri,
 
 
 @pytest.mark.slow
-def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(tracking_uri, capsys):
+def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(local_mlflow, capsys):
     name = f"tests-{uuid.uuid4().hex[:8]}"
     args = [
         "--config",
@@ -175,7 +175,7 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(tracking_uri,
     assert run.data.metrics["test_accuracy"] > 0.9
 
 
-def test_pretrained_without_a_champion_exits_2(tracking_uri, capsys):
+def test_pretrained_without_a_champion_exits_2(local_mlflow, capsys):
     code, _, err = train_here(
         capsys, "--config", TINY, "--set", "model.pretrained=true", "--set", "registry.model_name=never-registered"
     )

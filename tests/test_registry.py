@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def two_versions(tracking_uri):
+def two_versions(local_mlflow):
     mlflow.set_experiment("tests_registry")
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["tracking.run_name=registry_test", "training.num_epochs=2"])
     name = f"tests-registry-{uuid.uuid4().hex[:8]}"
@@ -85,7 +85,7 @@ def test_tie_is_rejected_and_rollback_needs_history(two_versions):
         rollback(name)
 
 
-def test_first_champion_needs_the_minimum_accuracy(tracking_uri, two_versions):
+def test_first_champion_needs_the_minimum_accuracy(two_versions):
     _, run = two_versions
     name = f"tests-registry-{uuid.uuid4().hex[:8]}"
     register_run_model(run.run_id, name, alias="challenger")

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -29,7 +28,13 @@ from mlops_day28.sweep import (
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 SMALL_GRID = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32, 64]}'
-STORAGE = f"sqlite:///{tempfile.mkdtemp(prefix='optuna-tests-')}/optuna.db"  # not the project's .mlflow/optuna.db
+STORAGE = ""  # these tests' own Optuna storage, not the project's .mlflow/optuna.db: set below, not at collection
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _storage(tmp_path_factory):
+    global STORAGE
+    STORAGE = f"sqlite:///{tmp_path_factory.mktemp('optuna')}/optuna.db"
 
 
 def small(name=None, epochs=2, **sweep_settings):
@@ -45,7 +50,7 @@ def small(name=None, epochs=2, **sweep_settings):
     return load_config(TINY, overrides)
 
 
-def test_parallel_and_sequential_give_the_same_results(tracking_uri):
+def test_parallel_and_sequential_give_the_same_results(local_mlflow):
     seq = run_grid_sweep(small(), n_jobs=1, progress=False)
     par = run_grid_sweep(small(), n_jobs=2, progress=False)
 
@@ -66,7 +71,7 @@ def test_parallel_and_sequential_give_the_same_results(tracking_uri):
         assert {k: tags[f"best.{k}"] for k in r.best} == {k: str(v) for k, v in r.best.items()}
 
 
-def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(tracking_uri, monkeypatch):
+def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(local_mlflow, monkeypatch):
     cfg = small()
     real = trials.prepare_training
     calls = []
@@ -98,7 +103,7 @@ def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(tracking_
     assert MlflowClient().get_run(parent).info.status == "FINISHED"
 
 
-def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(tracking_uri):
+def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(local_mlflow):
     cfg = small()
     first = run_grid_sweep(cfg, n_jobs=1, limit=1, progress=False)
     client = MlflowClient()
@@ -112,7 +117,7 @@ def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(tracking_uri)
     assert len(sweep_children(first.parent_run_id)) == 4
 
 
-def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(tracking_uri):
+def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(local_mlflow):
     cfg = load_config(
         TINY,
         [
@@ -128,7 +133,7 @@ def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(tracking
     assert result.best == {"model.num_classes": 10, "training.num_epochs": 1}
 
 
-def test_resuming_with_another_config_is_refused(tracking_uri):
+def test_resuming_with_another_config_is_refused(local_mlflow):
     name = f"changed_{uuid.uuid4().hex[:8]}"
     run_grid_sweep(small(name), n_jobs=1, limit=1, progress=False)
     with pytest.raises(SweepError, match="with a different config; resuming it would mix results"):
@@ -136,7 +141,7 @@ def test_resuming_with_another_config_is_refused(tracking_uri):
     run_grid_sweep(small(name), n_jobs=2, limit=1, progress=False)  # more workers is not a different config
 
 
-def test_best_is_one_child_and_moves_when_a_better_trial_arrives(tracking_uri):
+def test_best_is_one_child_and_moves_when_a_better_trial_arrives(local_mlflow):
     client = MlflowClient()
     cfg = small()
     parent, exp_id, _ = start_sweep(cfg, "grid")
@@ -165,7 +170,7 @@ def test_best_is_one_child_and_moves_when_a_better_trial_arrives(tracking_uri):
     client.set_terminated(parent)  # leave nothing RUNNING
 
 
-def test_tpe_workers_share_one_study(tracking_uri):
+def test_tpe_workers_share_one_study(local_mlflow):
     cfg = small(strategy="tpe")
     result = run_tpe_sweep(cfg, n_trials=4, n_jobs=2)
     study = optuna.load_study(study_name=f"{cfg.experiment_name}/{cfg.sweep.name}", storage=storage_url(cfg))
@@ -180,7 +185,7 @@ def test_tpe_workers_share_one_study(tracking_uri):
 
 
 @pytest.mark.slow
-def test_tpe_workers_joining_with_worker_run_the_budget_exactly(tracking_uri):
+def test_tpe_workers_joining_with_worker_run_the_budget_exactly(local_mlflow):
     "Three `mlops-sweep --worker` processes on one TPE sweep: the budget is 5 runs in all, not 5 per worker."
     name = f"tpe_workers_{uuid.uuid4().hex[:8]}"
     cfg = small(name, strategy="tpe")
@@ -240,7 +245,7 @@ def sweep_cli(*args):
 
 
 @pytest.mark.slow
-def test_cli_runs_a_sweep_and_reports_the_best(tracking_uri, capsys):
+def test_cli_runs_a_sweep_and_reports_the_best(local_mlflow, capsys):
     name = f"cli_{uuid.uuid4().hex[:8]}"
     args = [
         "--config",
@@ -263,7 +268,7 @@ def test_cli_runs_a_sweep_and_reports_the_best(tracking_uri, capsys):
     assert "0 trials run, 4 already done" in capsys.readouterr().out
 
 
-def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(tracking_uri, monkeypatch, capsys):
+def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(local_mlflow, monkeypatch, capsys):
     "A worker process that dies ends the sweep with exit code 1 (it was not the input's fault), one line, the parent FAILED."
     import os
 
@@ -281,7 +286,7 @@ def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(tracking_uri, monkeypat
     assert MlflowClient().get_run(parent).info.status == "FAILED"
 
 
-def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(tracking_uri):
+def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(local_mlflow):
     "Names, the parent's params and best_config treat `training.num_epochs: [1]` as every trial's budget."
     grid = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32], "training.num_epochs": [1]}'
     cfg = load_config(
@@ -304,7 +309,7 @@ def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(tracking_u
 
 
 @pytest.mark.slow
-def test_a_trial_whose_worker_died_before_its_first_heartbeat_runs_again(tracking_uri):
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_runs_again(local_mlflow):
     "Optuna never calls a trial stale that never beat: a worker gives it a first heartbeat, then it is retried."
     from mlops_day28.team.workers import join_sweep
 

@@ -22,7 +22,7 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def tracked(tracking_uri, tiny):
+def tracked(local_mlflow, tiny):
     mlflow.set_experiment("tests_tracking")
     return run_tracked_training(tiny, progress=False)
 
@@ -63,7 +63,7 @@ def test_logged_model_predicts_like_the_trained_one(tracked):
     assert "torch==2.13.0" in reqs.split()
 
 
-def test_failure_inside_the_run_marks_it_failed(tracking_uri, tiny):
+def test_failure_inside_the_run_marks_it_failed(local_mlflow, tiny):
     mlflow.set_experiment("tests_tracking")
 
     def explode(epoch, metrics):
@@ -81,7 +81,7 @@ def test_failure_inside_the_run_marks_it_failed(tracking_uri, tiny):
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
 
 
-def test_epoch_logger_batches_calls_and_keeps_steps(tracking_uri, monkeypatch):
+def test_epoch_logger_batches_calls_and_keeps_steps(local_mlflow, monkeypatch):
     mlflow.set_experiment("tests_tracking")
     sent = []
     real = MlflowClient.log_batch

@@ -1,0 +1,39 @@
+"""Fixtures of tests/ (the session's server and the tiers are in the project's conftest.py)."""
+
+import contextlib
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def local_mlflow(tmp_path_factory):
+    """An MLflow of the test module's own, in this process: a SQLite store and its artifacts in a temporary folder,
+    no server (MLflow's own tests work this way). MLflow points at it while the module's tests run, then back.
+
+    A test that uses it needs no server, so it is in the fast tier (`make test-fast`) unless it is slow. The
+    store is made from inside the temporary folder: MLflow resolves a SQLite store's default artifact root
+    (`./mlruns`) against the working directory once, when it first opens the store, and keeps it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # commands run in this process (cli.train) read it
+    mlflow.set_tracking_uri(uri)
+    here = os.getcwd()
+    try:
+        os.chdir(folder)
+        MlflowClient().search_experiments()  # opens the store here: artifacts go to <folder>/mlruns
+    finally:
+        os.chdir(here)
+    yield uri
+    with contextlib.suppress(Exception):
+        mlflow.end_run()
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+    mlflow.set_tracking_uri(before)
