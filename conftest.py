@@ -9,10 +9,14 @@ Tiers. Every test is marked by what it needs, so `make test-fast` can leave the 
   that (marked here, from `_COSTLY`): the injected faults, the team and scale tests, the learner
   edition executed whole. `.ci/run` runs `make test-all`: every test passes in CI.
 
-Scheduling (`pytest -n 3 --dist loadgroup --no-loadscope-reorder`, pytest-xdist's public way):
-each file is one `xdist_group`, sent whole to one process, longest first (`_FIRST`); the six
-exercise notebooks are one group together, run in order on one server as `make workbook` runs
-them, followed by tests/test_workbook_ticks.py, which asks `mlops-check` about what they left there.
+Scheduling (`pytest -n 3 --dist loadfile --no-loadscope-reorder`): each file is one unit of
+work, sent whole to one process, longest first (`_FIRST`); the six exercise notebooks are one
+unit together, run in order on one server as `make workbook` runs them, followed by
+tests/test_workbook_ticks.py, which asks `mlops-check` about what they left there. The unit is
+chosen in pytest-xdist's hook `pytest_xdist_make_scheduler`, by overriding its scheduler's
+`_split_scope`: `--dist loadgroup` with `xdist_group` marks would be the public way, but with
+pytest 9.2 xdist 3.8 cannot give a test its group (it writes `item._nodeid`, which pytest 9.2
+no longer reads: every notebook cell became a unit of its own, run on any process).
 
 One MLflow server serves each test process: it is started on a free port in a temporary
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
@@ -63,6 +67,19 @@ def _group(path: str) -> str:
     return EXERCISES if exercise else path
 
 
+def pytest_xdist_make_scheduler(config, log):
+    "`--dist loadfile`, with the exercise notebooks and the test after them as one unit (see `_group`)."
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ExercisesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    return ExercisesTogether(config, log)
+
+
 # Slow tests that `make test` leaves to `make test-all`, for their cost alone (see the docstring).
 _COSTLY = (
     "tests/faults/",  # each fault on a server of its own, real commands killed mid-run
@@ -98,7 +115,7 @@ def _cost_rank(item) -> tuple[int, int, str]:
     return (1, 0, "") if item.path.suffix == ".py" else (2, 0, "")
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks, and before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
 def pytest_collection_modifyitems(items):
     for item in items:
         path = item.nodeid.split("::", 1)[0]
@@ -108,7 +125,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.server)
         if path.startswith(_COSTLY) and item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.costly)
-        item.add_marker(pytest.mark.xdist_group(_group(path)))  # its unit of work under --dist loadgroup
     items.sort(key=_cost_rank)  # stable: a file's tests, and a notebook's cells, stay in order
 
 
