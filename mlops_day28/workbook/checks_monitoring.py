@@ -63,11 +63,14 @@ def metric_results(text: str) -> Iterator[Result]:
         f"a counter with a label, with values ({', '.join(labelled) or 'none'})",
         'Counter(..., ["predicted_class"], registry=registry) and .labels(predicted_class=...).inc() per prediction',
     )
-    counted = sum(s.value for n in kinds["counter"] for s in fams[n].samples if s.name.endswith("_total"))
+    counted = {  # each counter's own total: two counters of 50 requests each are not 100 requests
+        n: sum(s.value for s in fams[n].samples if s.name.endswith("_total")) for n in kinds["counter"]
+    }
     observed = sum(s.value for n in kinds["histogram"] for s in fams[n].samples if s.name.endswith("_count"))
+    shown = ", ".join(f"{n} {v:g}" for n, v in counted.items()) or "no counter"
     yield Result(
-        counted > 0 and observed > 0,
-        f"requests counted ({counted:g} counted, {observed:g} latencies observed)",
+        any(counted.values()) and observed > 0,
+        f"requests counted ({shown}; {observed:g} latencies observed)",
         "send a few requests to /predict; each must .inc() the counter and .observe() the latency",
     )
 

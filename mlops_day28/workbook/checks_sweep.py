@@ -200,7 +200,7 @@ def _q3(client=None):
 q3 = Task(
     "q3",
     "04_sweep",
-    f"find the best child of {PARENT_NAME!r} with one mlflow.search_runs query",
+    f"find the best child of {PARENT_NAME!r} with mlflow.search_runs: its parent, then its best child",
     _q3,
     "First the parent's id (search for run_name = 'my_grid'), then mlflow.search_runs("
     'filter_string=f"tags.mlflow.parentRunId = \'{parent_id}\'", order_by=["metrics.val_accuracy DESC"], max_results=1).',
