@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlops_day28 import registry as promotion
+from mlops_day28 import registry
 from mlops_day28.config import load_config
 from mlops_day28.registry import (
     ModelLoadError,
@@ -60,7 +60,7 @@ def test_failed_promotion_leaves_aliases_and_tags_as_they_were(two_versions, mon
     def unloadable(*args, **kwargs):
         raise OSError("model files unreadable")
 
-    monkeypatch.setattr(promotion, "evaluate_version", unloadable)
+    monkeypatch.setattr(registry, "evaluate_version", unloadable)
     X, y = run.job.splits.test.X, run.job.splits.test.y
     with pytest.raises(OSError):
         promote_if_better(name, X, y)

@@ -12,7 +12,6 @@ import pytest
 from mlflow import MlflowClient
 
 from mlops_day28 import cli, sweep
-from mlops_day28 import sweep as trials
 from mlops_day28.config import load_config
 from mlops_day28.sweep import (
     SweepError,
@@ -73,7 +72,7 @@ def test_parallel_and_sequential_give_the_same_results(local_mlflow):
 
 def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(local_mlflow, monkeypatch):
     cfg = small()
-    real = trials.prepare_training
+    real = sweep.prepare_training
     calls = []
 
     def interrupt_third(c):
@@ -82,7 +81,7 @@ def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(local_mlf
             raise KeyboardInterrupt
         return real(c)
 
-    monkeypatch.setattr(trials, "prepare_training", interrupt_third)
+    monkeypatch.setattr(sweep, "prepare_training", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         run_grid_sweep(cfg, n_jobs=1, progress=False)
     parent = sweep.find_sweep(cfg.sweep.name, cfg.experiment_name)
@@ -91,7 +90,7 @@ def test_ctrl_c_mid_sweep_kills_the_trial_and_resume_finishes_the_rest(local_mlf
     assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED"]  # never RUNNING
     killed = next(c.info.run_id for c in children if c.info.status == "KILLED")
 
-    monkeypatch.setattr(trials, "prepare_training", real)
+    monkeypatch.setattr(sweep, "prepare_training", real)
     resumed = run_grid_sweep(cfg, n_jobs=1, progress=False)
     assert resumed.resumed and resumed.parent_run_id == parent
     assert (len(resumed.ran), resumed.skipped) == (2, 2)
@@ -272,9 +271,7 @@ def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(local_mlflow, monkeypat
     "A worker process that dies ends the sweep with exit code 1 (it was not the input's fault), one line, the parent FAILED."
     import os
 
-    from mlops_day28 import sweep as tpe
-
-    monkeypatch.setattr(tpe, "tpe_worker", lambda *args: os._exit(3))  # forked workers inherit the patch
+    monkeypatch.setattr(sweep, "tpe_worker", lambda *args: os._exit(3))  # forked workers inherit the patch
     name = f"crash_{uuid.uuid4().hex[:8]}"
     args = ["--config", str(TINY), "--strategy", "tpe", "--n-jobs", "2", "--n-trials", "2", "--no-progress"]
     overrides = ["experiment_name=tests_sweep", f"sweep.name={name}", f"sweep.storage={STORAGE}"]
