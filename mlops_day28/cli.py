@@ -52,7 +52,7 @@ def run(
     "Run `app` on `argv`; the exit code, with every error printed as one line."
     from mlops_day28.reliability.lifecycle import bound_mlflow_waits, naming_silent_server, terminate_as_interrupt
 
-    bound_mlflow_waits()  # a tracking server that is gone is named in seconds, not minutes (see reliability/04_lifecycle)
+    bound_mlflow_waits()  # a tracking server that is gone is named in seconds, not minutes (see reliability/05_lifecycle)
     stopped: dict = {}
     try:
         # SIGTERM unwinds like Ctrl-C: every run on the way out ends KILLED; a silent tracking server is named in one line

@@ -53,6 +53,7 @@ __all__ = [
     "report",
     "failing_as",
     "find_project_root",
+    "state_dir",
     "mlflow_limit",
     "SplitsConfig",
     "DataConfig",
@@ -134,6 +135,12 @@ def find_project_root(
         if (d / "pyproject.toml").exists() or (d / ".git").exists():
             return d
     return start
+
+
+# %% ../nbs/core/01_config.ipynb #119089bf
+def state_dir(root: str | Path | None = None) -> Path:
+    "The project's state folder, `.mlflow/` in `root` (default: the project root): the local server's database, artifacts and journal."
+    return Path(root or find_project_root()) / ".mlflow"
 
 
 # %% ../nbs/core/01_config.ipynb #cde48033

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from .config import Config, InputError, MlopsError
 from .data import load_dataset, split_dataset
-from .reliability.guard import check_tracking_server, ensure_experiment, quick_http, server_lock
+from .reliability.guard import check_tracking_server, guarded_run, quick_http, server_lock
 from .tracking import quiet_registration
 
 # %% auto #0
@@ -555,9 +555,10 @@ def deploy_model(
     test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test  # bad data stops here
     check_tracking_server(tracking_uri, "DEPLOY_MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment(f"{cfg.experiment_name}_deployments"))
     tags = {"source": "mlops-deploy", "github.sha": os.environ.get("GITHUB_SHA", "")}
-    with mlflow.start_run(run_name="ci_deploy", tags=tags) as run:
+    with guarded_run(
+        "the deployment", experiment_name=f"{cfg.experiment_name}_deployments", run_name="ci_deploy", tags=tags
+    ) as run:
         mlflow.log_artifacts(str(folder), "model")
     r = cfg.registry
     mv = register_run_model(run.info.run_id, r.model_name, alias=CHALLENGER)

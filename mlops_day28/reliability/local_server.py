@@ -27,7 +27,7 @@ from mlops_day28.reliability.processes import (
     wait_until,
 )
 
-from ..config import InputError, MlopsError, find_project_root, one_line
+from ..config import InputError, MlopsError, one_line, state_dir
 
 # %% auto #0
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "mlflow_version_at",
     "TrackingServerError",
     "TrackingServer",
-    "state_dir",
     "port_from_env",
     "start_tracking_server",
     "find_tracking_server",
@@ -206,12 +205,6 @@ class TrackingServer:
     pgid: int | None = None  # its process group (the launcher leads one; an old record without it: `pid`)
     pids: list[int] = field(default_factory=list)  # the launcher and its workers, once it answered
     port: int | None = None  # the port it listens on (an old record without it: the one in `uri`)
-
-
-# %% ../../nbs/reliability/02_local_server.ipynb #d765d18b
-def state_dir(root: str | Path | None = None) -> Path:
-    "The `.mlflow` folder in `root` (default: the project root)."
-    return Path(root or find_project_root()) / ".mlflow"
 
 
 # %% ../../nbs/reliability/02_local_server.ipynb #271cbd34

@@ -60,7 +60,7 @@ def alias_version(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from mlops_day28.reliability.lifecycle import quick_http
+    from mlops_day28.reliability.guard import quick_http
 
     try:
         with quick_http(5):

@@ -35,8 +35,8 @@ from mlops_day28.sweep import (
 )
 
 from ..config import Config, InputError, MlopsError, one_line
-from ..reliability.coordination import ensure_experiment, server_lock
-from ..reliability.lifecycle import TrackingServerLost, describe_failure, env_set
+from ..reliability.coordination import server_lock
+from ..reliability.guard import TrackingServerLost, describe_failure, ensure_experiment, env_set
 
 # %% auto #0
 __all__ = [

@@ -106,7 +106,7 @@ def check(
     uri = tracking_uri()
     print(f"Reading your work in {_show(folder, root)}/, on the tracking server {uri}:", flush=True)  # before imports
     import mlops_day28.workbook.tasks as ex  # MLflow and torch: seconds
-    from mlops_day28.reliability.lifecycle import env_set
+    from mlops_day28.reliability.guard import env_set
 
     declared, ipynb = ex._NOTEBOOK, os.environ.get("IPYNB_FILE")
     try:  # the server through the environment, not mlflow.set_tracking_uri: the caller's settings stay as they were
