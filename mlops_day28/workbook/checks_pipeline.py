@@ -512,7 +512,7 @@ def _read_off() -> Iterator[Result]:
     right = runs[0].data.metrics.get("test_accuracy", float("nan"))
     yield Result(
         close_to(answer, right),
-        f"my_data_accuracy ({answer!r}) is the test_accuracy of your newest {MY_DATA} run",
+        f"my_data_accuracy ({answer if isinstance(answer, int | float) else repr(answer)}) is the test_accuracy of your newest {MY_DATA} run",
         "open that run in the MLflow UI (its run name, then Metrics): a fraction like 0.926"
         + (", not a percentage" if close_to(answer, right * 100, 0.51) else ""),
     )

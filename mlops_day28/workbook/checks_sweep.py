@@ -358,7 +358,8 @@ def _q4(client=None):
     best = max(scores)
     yield Result(
         close_to(answer, best),
-        f"my_best_accuracy ({answer!r}) is the best val_accuracy of your newest {PARENT_NAME!r}'s children",
+        f"my_best_accuracy ({answer if isinstance(answer, int | float) else repr(answer)}) is the best val_accuracy "
+        f"among the children of your newest {PARENT_NAME!r}",
         f"in the UI, expand {PARENT_NAME!r} and sort its children by val_accuracy: the top one, as a fraction"
         + (" (not a percentage)" if close_to(answer, best * 100, 0.51) else ""),
     )
