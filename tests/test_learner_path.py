@@ -128,3 +128,31 @@ def test_runs_record_their_notebook_whichever_is_imported_first(first):
     r = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["learner/01_tracking.ipynb", "NOTEBOOK"], r.stdout + r.stderr[-1000:]
+
+
+COURSE_LINKS = ("youtube.com/watch", "mlflow.org/docs", "docs.wandb.ai")
+
+
+@pytest.mark.parametrize("name", ["03_pipeline", "04_sweep"])
+def test_the_learner_is_told_the_time_the_links_and_a_short_set_up(name):
+    "Issue 26: the learner's time (reading and tasks), the course's videos and docs, set-up cells of 5 lines or fewer."
+    nb = cells(name)
+    intro = "\n".join(c.source for c in nb[:3] if c.cell_type == "markdown")
+    assert re.search(r"\*\*How long:?\*\*:? about \d+ minutes of yours", intro), f"{name}: the learner's time"
+    assert all(link in intro for link in COURSE_LINKS[:2]), f"{name}: the course's video and docs"
+    start = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and c.source.startswith("## Set-up"))
+    end = next(i for i, c in enumerate(nb) if i > start and c.cell_type == "markdown")
+    for c in nb[start + 1 : end]:
+        code = [line for line in c.source.splitlines() if not line.startswith("# NBVAL")]
+        assert len(code) <= 5, f"{name}: a set-up cell of {len(code)} lines"
+    reflection = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and "## Reflection" in c.source)
+    prompts = [m for c in nb[reflection:] for m in re.findall(r"\*\*([^*]+\?)\*\*", c.source)]
+    assert prompts and "What would you add to your ML pipeline?" not in prompts, prompts
+
+
+def test_the_typo_prediction_is_answered_only_after_its_check():
+    nb = cells("03_pipeline")
+    check = next(i for i, c in enumerate(nb) if c.cell_type == "code" and c.source.startswith("q3.check()"))
+    before = "\n".join(c.source for c in nb[:check] if c.cell_type == "markdown")
+    assert "refused by name" not in before and "validates every key" not in before
+    assert "refused by name" in nb[check + 1].source
