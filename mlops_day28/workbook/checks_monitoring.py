@@ -299,6 +299,12 @@ def bucket_results(url: str, text: str) -> Iterator[Result]:
         f"{len(under)} bucket bounds up to twice that" + (f" ({', '.join(under)})" if under else ""),
         fix + ": at least 3 of them up to twice the mean",
     )
+    above = [f"{b:g}" for b in bounds if mean < b <= 5 * mean]
+    yield Result(
+        bool(above),
+        f"a bucket bound above the mean, up to 5 times it, to place the p95: {', '.join(above) or 'none'}",
+        fix,
+    )
     first = (after.get(bounds[0], 0.0) - before.get(bounds[0], 0.0)) if bounds else seen
     yield Result(
         first < seen / 2,
@@ -328,7 +334,7 @@ def _q2():
     hists = [n for n, f in your_families(_scrape(url)[1]).items() if f.type == "histogram"]
     named, q, window = query_form(query, hists)
     expected_query = (
-        f"histogram_quantile(0.95, sum(rate({(named or hists or ['your_histogram'])[0]}_bucket[1m])) by (le))"
+        f"histogram_quantile(0.95, sum(rate({named or (hists or ['your_histogram'])[0]}_bucket[1m])) by (le))"
     )
     yield Result(
         bool(named) and q == 0.95, "histogram_quantile(0.95, ...) over your histogram's _bucket series", expected_query
