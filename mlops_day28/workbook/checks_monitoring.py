@@ -43,6 +43,7 @@ __all__ = [
     "checklist",
     "CHAMPION",
     "InputProfile",
+    "Path",
     "PixelDrift",
     "alert_state",
     "create_app",
@@ -94,7 +95,7 @@ from .checks_cicd import CHAMPION, registered_champion
 from .tasks import setup_mlflow
 
 _all_ = [
-    "CHAMPION", "InputProfile", "PixelDrift", "alert_state", "create_app", "dashboard_series", "drifted",
+    "CHAMPION", "InputProfile", "Path", "PixelDrift", "alert_state", "create_app", "dashboard_series", "drifted",
     "emulate_alert", "find_project_root", "free_port", "histogram_quantile", "load_config", "load_dataset",
     "load_served_model", "plot_dashboard", "prometheus_get", "prometheus_series", "promtool", "ready_",
     "registered_champion", "scrape", "send_traffic", "serve_in_background", "setup_mlflow", "split_dataset",
@@ -271,7 +272,7 @@ def suggest_buckets(p50: float, p95: float) -> tuple[float, ...]:
 
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #e05cff63
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #a431d57c
@@ -342,7 +343,7 @@ def _q2():
     yield Result(
         bool(window),
         f"rate() of the buckets over a window ({window or 'none'}): the last minutes, not everything since the start",
-        f"rate({(named or 'your_histogram')}_bucket[1m]) inside sum(...) by (le)",
+        f"rate({named or (hists or ['your_histogram'])[0]}_bucket[1m]) inside sum(...) by (le)",
     )
     prometheus = _prometheus_for(url)
     _WATCHING.clear()  # stopped below, whatever happens; the next check starts a new one
