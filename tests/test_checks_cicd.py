@@ -185,9 +185,6 @@ def test_q1_refuses_the_course_accuracy_test_and_a_shape_test_and_accepts_a_reca
     assert "each digit's recall" in broken.hint and "passes on this model" in broken.hint, broken
     (folder / MY_TEST).write_text(SHAPE_TEST)
     assert [r.ok for r in q1.results()] == [True, True, False, False]  # passes on the untrained model too
-    (folder / MY_TEST).write_text(SHAPE_TEST.replace("MODEL_PATH", "MODEL_FILE"))  # a name the check does not set
-    results = q1.results()
-    assert not results[1].ok and "os.environ['MODEL_PATH']" in results[1].hint, results
     (folder / MY_TEST).write_text(RECALL_TEST)
     assert all(r.ok for r in q1.results()), q1.results()
 
