@@ -47,6 +47,8 @@ PLAIN = {
         ".labels(",
         "Instrumentator(",
         ".instrument(app).expose(app)",
+        "start_http_server(",
+        "class InputData(BaseModel)",
     ],
 }
 TASK = re.compile(r"^#\s*(q\d+)\s*:")

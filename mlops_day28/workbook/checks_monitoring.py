@@ -5,15 +5,19 @@
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #d0384198
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from ..config import find_project_root
+from ..serve.dashboard import histogram_quantile
 from .tasks import NotebookNotDeclared, Result, Task, learner_variable, your_folder
 
 # %% auto #0
@@ -24,11 +28,79 @@ __all__ = [
     "q1",
     "q2",
     "q3",
+    "q4",
+    "PREDICTIONS",
+    "q5",
     "your_families",
     "metric_results",
+    "suggest_buckets",
+    "bucket_results",
+    "query_form",
     "alert_results",
+    "class_counts",
+    "alert_names",
+    "reveal_prediction",
     "checklist",
+    "CHAMPION",
+    "InputProfile",
+    "Path",
+    "PixelDrift",
+    "alert_state",
+    "create_app",
+    "dashboard_series",
+    "drifted",
+    "emulate_alert",
+    "find_project_root",
+    "free_port",
+    "histogram_quantile",
+    "load_config",
+    "load_dataset",
+    "load_served_model",
+    "plot_dashboard",
+    "prometheus_get",
+    "prometheus_series",
+    "promtool",
+    "ready_",
+    "registered_champion",
+    "scrape",
+    "send_traffic",
+    "serve_in_background",
+    "setup_mlflow",
+    "split_dataset",
+    "start_prometheus",
+    "start_service",
+    "workbook_config_path",
 ]
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #1135f1aa
+from ..config import load_config, workbook_config_path
+from ..data import InputProfile, load_dataset, split_dataset
+from ..reliability.processes import free_port
+from ..serve.app import create_app
+from ..serve.background import serve_in_background
+from ..serve.dashboard import dashboard_series, emulate_alert, plot_dashboard, prometheus_series
+from ..serve.drift import PixelDrift, drifted
+from ..serve.prometheus import (
+    alert_state,
+    prometheus_get,
+    promtool,
+    ready_,
+    scrape,
+    send_traffic,
+    start_prometheus,
+    start_service,
+)
+from ..serve.served_model import load_served_model
+from .checks_cicd import CHAMPION, registered_champion
+from .tasks import setup_mlflow
+
+_all_ = [
+    "CHAMPION", "InputProfile", "Path", "PixelDrift", "alert_state", "create_app", "dashboard_series", "drifted",
+    "emulate_alert", "find_project_root", "free_port", "histogram_quantile", "load_config", "load_dataset",
+    "load_served_model", "plot_dashboard", "prometheus_get", "prometheus_series", "promtool", "ready_",
+    "registered_champion", "scrape", "send_traffic", "serve_in_background", "setup_mlflow", "split_dataset",
+    "start_prometheus", "start_service", "workbook_config_path",
+]  # fmt: skip
 
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #292ee285
 METRICS_FILE, ALERTS_FILE, ALERTS_TEST = "my_metrics.txt", "my_alerts.yml", "my_alerts_test.yml"
@@ -132,6 +204,7 @@ def _q1():
     yield from metric_results(text)
     own = "CollectorRegistry(), passed as registry= to every metric and to the Instrumentator"
     yield Result(_own_registry(text), "your metrics are in a registry of their own", own)
+    yield from bucket_results(url, text)
     saved = _folder() / METRICS_FILE
     how = f'Path("{METRICS_FILE}").write_text(httpx.get(f"{{my_url}}/metrics").text)'
     yield Result(saved.exists() and bool(your_families(saved.read_text())), f"the scrape saved in {METRICS_FILE}", how)
@@ -143,20 +216,24 @@ q1 = Task(
     "06_monitoring",
     "serve the course's four metrics from your own FastAPI app, and save a scrape",
     _q1,
-    "Start from the plain-way cell: the same metrics and Instrumentator line, then uvicorn.Server(uvicorn.Config(app, "
-    'host="127.0.0.1", port=free_port())) run in a threading.Thread; send a few requests; save /metrics to my_metrics.txt.',
+    "Start from the plain-way cell: the same metrics and Instrumentator line, with buckets= on the Histogram "
+    "around the model's milliseconds; then my_url = serve_in_background(app), 50 requests, and /metrics saved to my_metrics.txt.",
 )
 
 
-# %% ../../nbs/workbook/07_checks_monitoring.ipynb #d47e076d
-def _traffic(url: str, seconds: float = 1.5) -> int:
-    "Requests to the learner's /predict for `seconds`, about 25 a second; how many were answered 200."
-    ok, end, image = 0, time.monotonic() + seconds, [float(i % 17) for i in range(64)]
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #1e199544
+def _traffic(url: str, seconds: float = 1.5, n: int | None = None) -> list[float]:
+    "Requests to the learner's /predict for `seconds` (about 25 a second), or `n` of them: the times of those answered 200."
+    times, end, image = [], time.monotonic() + seconds, [float(i % 17) for i in range(64)]
     with httpx.Client(timeout=5) as client:
-        while time.monotonic() < end:
-            ok += client.post(f"{url.rstrip('/')}/predict", json={"image": image}).status_code == 200
-            time.sleep(0.04)
-    return ok
+        for i in itertools.count():
+            if (n is not None and i >= n) or (n is None and time.monotonic() >= end):
+                break
+            start = time.perf_counter()
+            ok = client.post(f"{url.rstrip('/')}/predict", json={"image": image}).status_code == 200
+            times += [time.perf_counter() - start] if ok else []
+            time.sleep(0.04 if n is None else 0)
+    return times
 
 
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #465abf53
@@ -166,53 +243,173 @@ def _value(prometheus_url: str, query: str) -> list[float]:
     return [float(r["value"][1]) for r in prometheus_get(prometheus_url, "/api/v1/query", query=query)["result"]]
 
 
-# %% ../../nbs/workbook/07_checks_monitoring.ipynb #c724e40a
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #fb76716b
+def _buckets(text: str, name: str) -> dict[float, float]:
+    "Cumulative counts of the histogram `name` in a /metrics text, {upper bound: count}, summed over its other labels."
+    out: dict[float, float] = {}
+    family = your_families(text).get(name)
+    for s in family.samples if family else []:
+        if s.name.endswith("_bucket"):
+            out[float(s.labels["le"])] = out.get(float(s.labels["le"]), 0.0) + s.value
+    return out
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #6cc03cbc
+def _totals(text: str, name: str) -> tuple[float, float]:
+    "The `_count` and `_sum` of the histogram `name` in a /metrics text (summed over its other labels)."
+    family = your_families(text).get(name)
+    samples = family.samples if family else []
+    return tuple(sum(s.value for s in samples if s.name == f"{name}{end}") for end in ("_count", "_sum"))
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #7d90e03d
+def suggest_buckets(p50: float, p95: float) -> tuple[float, ...]:
+    "Bounds of 1, 2 and 5 times a power of ten, from a quarter of `p50` or under to 20 times `p95`: buckets that resolve them."
+    bounds = [float(f"{m}e{e}") for e in range(-6, 2) for m in (1, 2, 5)]
+    start = max((b for b in bounds if b <= p50 / 4), default=bounds[0])
+    return tuple(b for b in bounds if start <= b <= max(p95 * 20, start))
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #e05cff63
+def _ms(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #a431d57c
+def bucket_results(url: str, text: str) -> Iterator[Result]:
+    "30 requests to the service at `url`, and whether its first histogram resolves them (`text`: its /metrics before)."
+    hists = [n for n, f in your_families(text).items() if f.type == "histogram"]
+    if not hists:
+        return
+    name, before, (count0, sum0) = hists[0], _buckets(text, hists[0]), _totals(text, hists[0])
+    sent = len(_traffic(url, n=30))
+    after_text = _scrape(url)[1]
+    after, (count1, sum1) = _buckets(after_text, name), _totals(after_text, name)
+    seen = count1 - count0
+    if seen < sent or sent == 0:
+        what = f"{name} observes each /predict (the check sent {sent}, it observed {seen:g})"
+        yield Result(False, what, f"{name}.observe(seconds) once per request in /predict")
+        return
+    mean = (sum1 - sum0) / seen
+    bounds = sorted(b for b in before if math.isfinite(b))
+    fix = f"buckets=({', '.join(f'{b:g}' for b in suggest_buckets(mean, 2 * mean))}): bounds around {_ms(mean)}"
+    under = [f"{b:g}" for b in bounds if b <= 2 * mean]
+    yield Result(
+        len(under) >= 3,
+        f"{name} resolves your latencies (measured now: {seen:g} requests, {_ms(mean)} on average): "
+        f"{len(under)} bucket bounds up to twice that" + (f" ({', '.join(under)})" if under else ""),
+        fix + ": at least 3 of them up to twice the mean",
+    )
+    above = [f"{b:g}" for b in bounds if mean < b <= 5 * mean]
+    yield Result(
+        bool(above),
+        f"a bucket bound above the mean, up to 5 times it, to place the p95: {', '.join(above) or 'none'}",
+        fix,
+    )
+    first = (after.get(bounds[0], 0.0) - before.get(bounds[0], 0.0)) if bounds else seen
+    yield Result(
+        first < seen / 2,
+        f"the median lies above your first bucket: {first:g} of the {seen:g} in le={bounds[0] if bounds else '+Inf'}",
+        fix,
+    )
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #2bca943d
+def query_form(query: str, histograms: list[str]) -> tuple[str | None, float | None, str | None]:
+    "What a p95 query names: (the histogram whose _bucket it reads, the quantile, the rate() window), None where absent."
+    named = next((h for h in histograms if f"{h}_bucket" in query), None)
+    q = re.search(r"histogram_quantile\(\s*([0-9.]+)\s*,", query)
+    window = named and re.search(rf"\brate\(\s*{named}_bucket\s*(\{{[^}}]*\}})?\s*\[\s*(\d+[smhd])\s*\]\s*\)", query)
+    return named, float(q.group(1)) if q else None, window.group(2) if window else None
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #c723a18d
 def _q2():
     try:
-        query, url = learner_variable("p95_query"), learner_variable("my_url")
+        query, url = str(learner_variable("p95_query")), str(learner_variable("my_url"))
     except NameError as e:
         yield Result(
-            False, f"`{e.args[0]}` is defined", "p95_query = 'histogram_quantile(0.95, ...)' (and my_url from task 1)"
+            False, f"`{e.args[0]}` is defined", "p95_query = 'histogram_quantile(0.95, ...)' (and my_url, task 1)"
         )
         return
-    text = _scrape(str(url))[1]
-    hists = [n for n, f in your_families(text).items() if f.type == "histogram"]
-    named = [h for h in hists if f"{h}_bucket" in str(query)]
+    hists = [n for n, f in your_families(_scrape(url)[1]).items() if f.type == "histogram"]
+    named, q, window = query_form(query, hists)
     expected_query = (
-        f"histogram_quantile(0.95, sum(rate({(named or hists or ['your_histogram'])[0]}_bucket[1m])) by (le))"
+        f"histogram_quantile(0.95, sum(rate({named or (hists or ['your_histogram'])[0]}_bucket[1m])) by (le))"
     )
-    form = bool(named) and "histogram_quantile" in str(query) and "0.95" in str(query)
-    yield Result(form, "histogram_quantile(0.95, ...) over your histogram's _bucket series", expected_query)
-    from mlops_day28.serve.prometheus import ready_
-
-    prometheus = _prometheus_for(str(url))
+    yield Result(
+        bool(named) and q == 0.95, "histogram_quantile(0.95, ...) over your histogram's _bucket series", expected_query
+    )
+    yield Result(
+        bool(window),
+        f"rate() of the buckets over a window ({window or 'none'}): the last minutes, not everything since the start",
+        f"rate({named or (hists or ['your_histogram'])[0]}_bucket[1m]) inside sum(...) by (le)",
+    )
+    prometheus = _prometheus_for(url)
     _WATCHING.clear()  # stopped below, whatever happens; the next check starts a new one
     if prometheus is None:
-        yield Result(False, "Prometheus evaluates it", _INSTALL)
+        yield from _without_prometheus(url, named, window)
         return
+    from mlops_day28.serve.prometheus import ready_
+
     with ready_(prometheus):
-        sent = _traffic(str(url))
+        times = _traffic(url)
         time.sleep(1.2)  # one more scrape after the traffic
-        values = _value(prometheus.url, str(query))
+        values = _value(prometheus.url, query)
         expected = _value(prometheus.url, expected_query) if named else []
-    yield Result(sent > 0, f"your /predict answered the check's {sent} requests", 'accept {"image": [64 numbers]}')
-    good = len(values) == 1 and math.isfinite(values[0]) and values[0] > 0
-    why = "sum(rate(..._bucket[1m])) by (le) inside; NaN means no observations in the window"
-    yield Result(good, f"one finite p95, in seconds ({values})", why)
-    if good and expected:
+    yield from _p95_results(values, times)
+    if len(values) == 1 and math.isfinite(values[0]) and expected:
         yield Result(
             math.isclose(values[0], expected[0], rel_tol=0.25),
-            f"it agrees with the expected query ({values[0] * 1000:.2f} ms vs {expected[0] * 1000:.2f} ms)",
+            f"it agrees with the expected query ({_ms(values[0])} vs {_ms(expected[0])})",
             "rate over a window of 30s to a few minutes, summed by le",
         )
 
 
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #64897550
+def _p95_results(values: list[float], times: list[float]) -> Iterator[Result]:
+    "A p95 that is one finite number, and one that the requests the check timed could have."
+    yield Result(
+        bool(times), f"your /predict answered the check's {len(times)} requests", 'accept {"image": [64 numbers]}'
+    )
+    good = len(values) == 1 and math.isfinite(values[0]) and values[0] > 0
+    yield Result(
+        good, f"one finite p95, in seconds ({values})", "sum(rate(..._bucket[1m])) by (le) inside; NaN: no observations"
+    )
+    if good and times:
+        whole = float(np.quantile(times, 0.95))
+        yield Result(
+            values[0] <= 2 * whole,
+            f"a p95 the model can have: {_ms(values[0])}, while the check's whole requests took {_ms(whole)} (p95)",
+            "a p95 above the whole request's comes from buckets too coarse for the model: Task 1's buckets",
+        )
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #49c05b16
+def _without_prometheus(url: str, named: str | None, window: str | None) -> Iterator[Result]:
+    "Prometheus is not installed: the query's form is checked, and the p95 is computed from two scrapes, as rate() sees them."
+    yield Result(
+        True,
+        "Prometheus is not installed, so the check evaluates your query itself: histogram_quantile (serve/13_dashboard) "
+        "on the increase of your buckets between two scrapes, what rate() sees (install Prometheus to ask the real one)",
+    )
+    if not (named and window):
+        return
+    before = _buckets(_scrape(url)[1], named)
+    times = _traffic(url)
+    after = _buckets(_scrape(url)[1], named)
+    value = histogram_quantile(0.95, {b: after[b] - before.get(b, 0.0) for b in after}) if after else float("nan")
+    yield from _p95_results([value], times)
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #4ed4da48
 q2 = Task(
     "q2",
     "06_monitoring",
-    "write the PromQL for p95 latency; the check asks a real Prometheus",
+    "write the PromQL for p95 latency, with rate() over a window; the check asks a real Prometheus",
     _q2,
-    "histogram_quantile(0.95, sum(rate(<histogram>_bucket[1m])) by (le)): rate per bucket, summed over every label but le.",
+    "histogram_quantile(0.95, sum(rate(<histogram>_bucket[1m])) by (le)): rate per bucket over the last minute, "
+    "summed over every label but le.",
 )
 
 
@@ -294,6 +491,93 @@ q3 = Task(
     "Start from monitoring/alerts.yml and alerts_test.yml: one rule on your p95 (or accuracy gauge), "
     "and a test whose input_series make it fire at eval_time.",
 )
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #84b4a47f
+def class_counts(text: str) -> dict[str, float]:
+    "The values of the first labelled counter in a /metrics text, by label value: the class distribution."
+    for family in your_families(text).values():
+        samples = [s for s in family.samples if family.type == "counter" and s.labels and s.name.endswith("_total")]
+        if samples:
+            return {next(iter(s.labels.values())): s.value for s in samples}
+    return {}
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #7c265b95
+def _q4():
+    saved = _folder() / METRICS_FILE
+    if not saved.exists():
+        yield Result(False, f"your scrape, {METRICS_FILE}", "do Task 1 first: it saves the scrape this question reads")
+        return
+    counts = class_counts(saved.read_text())
+    try:
+        answer = learner_variable("most_predicted")
+    except NameError:
+        yield Result(False, "`most_predicted` is defined", 'most_predicted = ("3", 7): the digit, and how many times')
+        return
+    ok = isinstance(answer, tuple | list) and len(answer) == 2
+    yield Result(ok, f"`most_predicted` is (digit, count): {answer!r}", 'a pair: most_predicted = ("3", 7)')
+    if not ok or not counts:
+        return
+    top = max(counts.values())
+    where = f"the lines of your labelled counter in {METRICS_FILE}, one per digit: the largest value"
+    yield Result(str(answer[0]) in [k for k, v in counts.items() if v == top], f"the digit: {answer[0]}", where)
+    yield Result(isinstance(answer[1], int | float) and answer[1] == top, f"how many times: {answer[1]}", where)
+
+
+q4 = Task(
+    "q4",
+    "06_monitoring",
+    f"read off your own scrape ({METRICS_FILE}): the digit your service predicted most often, and how many times",
+    _q4,
+    "Print the lines of my_metrics.txt that start with your labelled counter's name; the largest value is the answer.",
+)
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #7718dbd2
+PREDICTIONS: dict[str, tuple[str, float]] = {}  # what the learner predicted, and when: {"first_alert": (name, time)}
+
+
+def alert_names(rules: Path | None = None) -> list[str]:
+    "The alerts of a rule file (default: the project's monitoring/alerts.yml)."
+    import yaml
+
+    spec = yaml.safe_load((rules or find_project_root() / "monitoring" / "alerts.yml").read_text()) or {}
+    return [r["alert"] for g in spec.get("groups") or [] for r in g.get("rules") or [] if "alert" in r]
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #dae95e60
+def _q5():
+    try:
+        guess = learner_variable("first_alert")
+    except NameError:
+        yield Result(False, "`first_alert` is defined", 'first_alert = "ModelAccuracyLow" (or another alert name)')
+        return
+    names = alert_names()
+    ok = guess in names
+    yield Result(ok, f"your prediction is an alert of monitoring/alerts.yml: {guess!r}", f"one of {', '.join(names)}")
+    if ok:
+        PREDICTIONS["first_alert"] = (guess, time.time())
+
+
+q5 = Task(
+    "q5",
+    "06_monitoring",
+    "predict which alert fires first on drifted traffic (recorded now, answered by the demo below)",
+    _q5,
+    "Look at each rule's expr and for: in monitoring/alerts.yml: what changes at once with drifted images, "
+    "what needs labels that arrive later, and how long each must hold.",
+)
+
+
+# %% ../../nbs/workbook/07_checks_monitoring.ipynb #170af57d
+def reveal_prediction(fired_first: str | None, started: float) -> str:
+    "Your recorded prediction next to the alert that fired first on the traffic that started at `started`."
+    guess, when = PREDICTIONS.get("first_alert", (None, None))
+    if guess is None:
+        return f"You recorded no prediction (q5). First to fire: {fired_first or 'none'}."
+    before = "before the drifted traffic" if when < started else "after the drifted traffic had started"
+    verdict = "right" if guess == fired_first else "not this time"
+    return f"You predicted {guess} ({before}); first to fire: {fired_first or 'none'}. {verdict.capitalize()}."
 
 
 # %% ../../nbs/workbook/07_checks_monitoring.ipynb #c4fc6675
