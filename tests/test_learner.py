@@ -276,7 +276,7 @@ def test_missing_prometheus_and_postgresql_are_named_with_the_tasks_they_block(m
     monkeypatch.setattr(postgres, "postgres_program", lambda name: None)
     prom, pg = learner.missing_servers()
     assert (
-        prom.startswith("note: Prometheus is not installed: 06_monitoring's Tasks 2 and 3")
+        prom.startswith("note: Prometheus is not installed: 06_monitoring's Task 3")
         and "apt-get install prometheus" in prom
     )
     assert pg.startswith("note: PostgreSQL is not installed: 07_team") and "apt-get install postgresql" in pg

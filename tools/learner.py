@@ -302,7 +302,8 @@ def missing_servers() -> list[str]:
     lines = []
     if not promtool():
         lines.append(
-            "note: Prometheus is not installed: 06_monitoring's Tasks 2 and 3 (PromQL, the alert rule's test) need it; "
+            "note: Prometheus is not installed: 06_monitoring's Task 3 (the alert rule's test) needs it, and Task 2 then "
+            "checks your PromQL with the notebook's own histogram_quantile; "
             "`apt-get install prometheus` (macOS: `brew install prometheus`)"
         )
     if not postgres_program("initdb"):
