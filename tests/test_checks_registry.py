@@ -350,3 +350,22 @@ def test_round2_finds_the_latest_version_the_gate_decided_on_from_the_undertrain
 
     mv, found = cr.round2(Client())
     assert (mv.version, found["gate.accuracy"]) == ("4", "0.7")
+
+
+@pytest.mark.parametrize(
+    "description, hint",
+    [
+        ("Achieves 87% accuracy.", "it states 87.00%, but your run measured 97.41%"),  # the course's number, typed
+        ("accuracy 0.9", "state it to two decimals at least (0.97 or 97%)"),
+    ],
+)
+def test_q2_hints_say_what_the_description_states_instead(registry, description, hint):
+    registry(version(1, "a", description))
+    [line] = crosses(q2)
+    assert hint in line and "client.get_run(run_id).data.metrics" in line, line
+
+
+def test_q2_a_train_accuracy_is_named_as_such(registry, more_runs):
+    registry(version(1, "t", "Achieves 99.12% accuracy"))
+    [line] = crosses(q2)
+    assert "that is the train accuracy" in line, line
