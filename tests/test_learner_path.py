@@ -132,7 +132,7 @@ def test_runs_record_their_notebook_whichever_is_imported_first(first):
     assert r.stdout.split() == ["learner/01_tracking.ipynb", "NOTEBOOK"], r.stdout + r.stderr[-1000:]
 
 
-COURSE_LINKS = ("youtube.com/watch", "mlflow.org/docs", "docs.wandb.ai")
+COURSE_SITES = ("youtube.com/watch", "mlflow.org/docs", "docs.wandb.ai")
 
 
 @pytest.mark.parametrize("name", ["03_pipeline", "04_sweep"])
@@ -141,7 +141,7 @@ def test_the_learner_is_told_the_time_the_links_and_a_short_set_up(name):
     nb = cells(name)
     intro = "\n".join(c.source for c in nb[:3] if c.cell_type == "markdown")
     assert re.search(r"\*\*How long:?\*\*:? about \d+ minutes of yours", intro), f"{name}: the learner's time"
-    assert all(link in intro for link in COURSE_LINKS[:2]), f"{name}: the course's video and docs"
+    assert all(link in intro for link in COURSE_SITES[:2]), f"{name}: the course's video and docs"
     start = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and c.source.startswith("## Set-up"))
     end = next(i for i, c in enumerate(nb) if i > start and c.cell_type == "markdown")
     for c in nb[start + 1 : end]:
@@ -158,3 +158,34 @@ def test_the_typo_prediction_is_answered_only_after_its_check():
     before = "\n".join(c.source for c in nb[:check] if c.cell_type == "markdown")
     assert "refused by name" not in before and "validates every key" not in before
     assert "refused by name" in nb[check + 1].source
+
+
+# Issue 26: the first screen is the learner's, and each exercise says the learner's time and links the course.
+FIRST_SCREEN_DONE = ["01_tracking", "02_registry", "03_pipeline", "04_sweep", "05_cicd", "06_monitoring"]
+COURSE_LINKS = {
+    "01_tracking": ["youtube.com/watch?v=859OxXrt_TI", "youtube.com/watch?v=gnD8BFuyVUA", "docs.wandb.ai/quickstart"],
+    "02_registry": ["youtube.com/watch?v=859OxXrt_TI", "mlflow.org/docs/latest"],
+}
+
+
+@pytest.mark.parametrize("name", FIRST_SCREEN_DONE)
+def test_set_up_cells_show_five_lines_or_fewer_with_our_helpers_behind_one_import(name):
+    nb = cells(name)
+    plain = next(i for i, c in enumerate(nb) if c.cell_type == "markdown" and c.source.startswith("## The plain way"))
+    setup = [c for c in nb[:plain] if c.cell_type == "code"]
+    assert setup, name
+    for c in setup:
+        shown = [line for line in c.source.splitlines() if line.strip() and not line.startswith("# NBVAL_")]
+        assert len(shown) <= 5, f"{name}: a set-up cell shows {len(shown)} lines:\n{c.source}"
+    ours = [
+        line for c in setup for line in c.source.splitlines() if line.startswith(("from mlops_day28", "import mlops"))
+    ]
+    assert len(ours) == 1, ours
+
+
+@pytest.mark.parametrize("name", FIRST_SCREEN_DONE)
+def test_the_exercise_says_the_learners_time_and_links_the_course(name):
+    text = "\n".join(c.source for c in cells(name) if c.cell_type == "markdown")
+    assert re.search(r"\*\*How long\*\*: about \d+ minutes", text), name
+    missing = [url for url in COURSE_LINKS.get(name, COURSE_SITES[:2]) if url not in text]
+    assert not missing, f"{name}: {missing}"

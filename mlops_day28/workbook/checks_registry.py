@@ -5,12 +5,27 @@
 # %% ../../nbs/workbook/03_checks_registry.ipynb #3d08f001
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
 import numpy as np
 
-from .tasks import NotebookNotDeclared, Result, Task, has_variable, learner_variable, your_folder
+from mlops_day28.workbook.tasks import (
+    NotebookNotDeclared,
+    OutsideNotebook,
+    Result,
+    Task,
+    has_variable,
+    learner_cell,
+    learner_variable,
+    setup_mlflow,
+    your_folder,
+)
+
+from ..config import load_config, workbook_config_path
+from ..reliability.coordination import ui_url
+from ..tracking import run_tracked_training
 
 MY_MODEL = "my-digits-model"  # the learner's registered model: the exercise notebook never deletes it
 ALIAS = "champion"
@@ -27,6 +42,9 @@ __all__ = [
     "q2",
     "q3",
     "q4",
+    "ROUND2_RUN",
+    "q5",
+    "q6",
     "is_yours",
     "registered",
     "your_versions",
@@ -36,8 +54,17 @@ __all__ = [
     "test_split",
     "as_labels",
     "champion_scores",
+    "round2",
     "checklist",
+    "load_config",
+    "run_tracked_training",
+    "setup_mlflow",
+    "ui_url",
+    "workbook_config_path",
 ]
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #26143525
+_all_ = ["load_config", "run_tracked_training", "setup_mlflow", "ui_url", "workbook_config_path"]
 
 
 # %% ../../nbs/workbook/03_checks_registry.ipynb #5e5dac81
@@ -110,8 +137,8 @@ def states_accuracy(text: str | None, accuracy: float) -> bool:
 
 # %% ../../nbs/workbook/03_checks_registry.ipynb #468fda31
 def run_accuracies(run) -> dict[str, float]:
-    "The accuracies a run logged: metric name -> last value."
-    return {k: v for k, v in run.data.metrics.items() if "acc" in k.lower()}
+    "The test and validation accuracies a run logged (any metric named `*acc*`, not `train*`): name -> last value."
+    return {k: v for k, v in run.data.metrics.items() if "acc" in k.lower() and not k.lower().startswith("train")}
 
 
 # %% ../../nbs/workbook/03_checks_registry.ipynb #8dcaaf92
@@ -141,6 +168,23 @@ def _q1() -> Iterator[Result]:
         )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #114ec3fe
+def _q2_hint(texts: list, mine: list[tuple], measured: list[tuple]) -> str:
+    "What the descriptions say instead of the run's accuracy, and what to write."
+    how = (
+        'read it from the run (client.get_run(run_id).data.metrics["test_accuracy"]) and write it into '
+        "client.update_model_version(MY_MODEL, version, description=...)"
+    )
+    trains = [v for _, run in mine for k, v in run.data.metrics.items() if k.lower().startswith("train") and "acc" in k]
+    if any(states_accuracy(t, a) for t in texts for a in trains):
+        return "that is the train accuracy, on rows the model learned from: state the test (or validation) one; " + how
+    stated = [v for t in texts for v, _ in stated_accuracies(t)]
+    if stated:
+        runs = ", ".join(sorted({f"{acc:.2%}" for _, acc in measured}))
+        return f"it states {stated[0]:.2%}, but your run measured {runs}: {how}"
+    return f"state it to two decimals at least (0.97 or 97%): {how}"
+
+
 # %% ../../nbs/workbook/03_checks_registry.ipynb #af1c6691
 def _q2() -> Iterator[Result]:
     c = _client()
@@ -160,9 +204,19 @@ def _q2() -> Iterator[Result]:
     yield Result(
         any(states_accuracy(mv.description, acc) or states_accuracy(about, acc) for mv, acc in measured),
         "a description (the version's or the model's) states that accuracy, e.g. 0.97 or 97%",
-        'read it from the run (client.get_run(run_id).data.metrics["test_accuracy"]) and write it into '
-        "client.update_model_version(MY_MODEL, version, description=...)",
+        _q2_hint([mv.description for mv, _ in mine] + [about], mine, measured),
     )
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #386ba279
+def _stage(mv) -> str | None:
+    return getattr(mv, "current_stage", None)
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #dbadabb0
+def _params(run) -> dict:
+    "A run's params, without those that name the run rather than say how it trained."
+    return {k: v for k, v in (getattr(run.data, "params", None) or {}).items() if "run_name" not in k}
 
 
 # %% ../../nbs/workbook/03_checks_registry.ipynb #b20482ec
@@ -172,14 +226,20 @@ def _q3() -> Iterator[Result]:
     if not results[-1].ok:
         return
     champ = dict(registered(c, MY_MODEL).aliases or {}).get(ALIAS)
+    staged = [mv.version for mv in c.search_model_versions(f"name='{MY_MODEL}'") if _stage(mv) == "Production"]
     yield Result(
         champ is not None,
         f"{MY_MODEL!r} has a {ALIAS!r} alias",
-        f"client.set_registered_model_alias(MY_MODEL, {ALIAS!r}, version)",
+        (
+            f"v{staged[0]} is in the stage 'Production', the deprecated way; an alias is another thing: "
+            if staged
+            else ""
+        )
+        + f"client.set_registered_model_alias(MY_MODEL, {ALIAS!r}, version)",
     )
     if champ is None:
         return
-    mine = {mv.version: run.info.run_id for mv, run in _yours(c)}
+    mine = {mv.version: run for mv, run in _yours(c)}
     yield Result(
         champ in mine,
         f"{ALIAS!r} points at a version from one of your runs (now: v{champ})",
@@ -187,10 +247,21 @@ def _q3() -> Iterator[Result]:
     )
     if champ not in mine:
         return
+    run = mine[champ]
+    before = [(v, r) for v, r in mine.items() if int(v) < int(champ) and r.info.run_id != run.info.run_id]
     yield Result(
-        any(int(v) < int(champ) and run != mine[champ] for v, run in mine.items()),
+        bool(before),
         f"{ALIAS!r} moved on: v{champ} came after another version of yours, from another run",
         "register a model from a second run of yours as a new version, then point the alias at it",
+    )
+    if not before:
+        return
+    same = [v for v, r in before if _params(r) == _params(run)]
+    yield Result(
+        len(same) < len(before),
+        f"v{champ} was trained differently from the version before it (its run's params differ)",
+        f"v{champ} and v{same[-1] if same else '?'} were trained alike, so they are the same model: train the second "
+        "with another config (e.g. more epochs), register it, and move the alias to it",
     )
 
 
@@ -219,6 +290,15 @@ def champion_scores(X: np.ndarray) -> np.ndarray:
     return np.asarray(mlflow.pyfunc.load_model(f"models:/{MY_MODEL}@{ALIAS}").predict(X))
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #75c839ba
+def _cell(name: str) -> str | None:
+    "The learner's cell that set `name`, or None (also outside a notebook: `mlops-check` cannot read it)."
+    try:
+        return learner_cell(name)
+    except OutsideNotebook:
+        return None
+
+
 # %% ../../nbs/workbook/03_checks_registry.ipynb #d56a68f1
 def _q4() -> Iterator[Result]:
     yield (stored := has_variable(PREDICTIONS, f"`{PREDICTIONS}` holds your predictions"))
@@ -242,8 +322,16 @@ def _q4() -> Iterator[Result]:
         f"they are what models:/{MY_MODEL}@{ALIAS} (now v{champ}) predicts",
         f'load mlflow.pyfunc.load_model(f"models:/{{MY_MODEL}}@{ALIAS}") after moving the alias, and predict test.X',
     )
+    cell = _cell(PREDICTIONS)
+    if cell is not None:
+        yield Result(
+            "@" in cell,
+            f"your code loads the model by its alias (@{ALIAS}), as a service does",
+            f"not a version number and not the model in memory: load models:/{MY_MODEL}@{ALIAS}, which follows the alias",
+        )
 
 
+# %% ../../nbs/workbook/03_checks_registry.ipynb #30f110f1
 q1 = Task(
     "q1",
     NOTEBOOK,
@@ -271,6 +359,93 @@ q4 = Task(
     f"load models:/{MY_MODEL}@{ALIAS} and store its predictions for the test split in `{PREDICTIONS}`",
     _q4,
     f'mlflow.pyfunc.load_model(f"models:/{{MY_MODEL}}@{ALIAS}").predict(test.X)',
+)
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #395e8adc
+ROUND2_RUN = "undertrained"  # the run name of Round 2's challenger in the exercise
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #32bdbb34
+def round2(c=None) -> tuple | None:
+    "(version, its run's tags) of the latest version of the exercise's model that Round 2's gate decided on."
+    c = c or _client()
+    name = load_config(workbook_config_path()).registry.model_name
+    if registered(c, name) is None:
+        return None
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+        run = c.get_run(mv.run_id) if mv.run_id else None
+        if run is not None and run.data.tags.get("mlflow.runName") == ROUND2_RUN and "gate.accuracy" in run.data.tags:
+            return mv, run.data.tags
+    return None
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #94b817aa
+def _q5() -> Iterator[Result]:
+    try:
+        guess = learner_variable("v3_promoted")
+    except NameError:
+        yield Result(
+            False, "`v3_promoted` holds your prediction", "before you run Round 2: v3_promoted = True or False"
+        )
+        return
+    yield Result(isinstance(guess, bool), "your prediction is True or False", "v3_promoted = True (or False)")
+    found = round2()
+    yield Result(found is not None, "the gate has decided on v3", "run Round 2's cell, then this check")
+    if found is None or not isinstance(guess, bool):
+        return
+    mv, tags = found
+    promoted = tags.get("gate.decision") == "promoted"
+    yield Result(
+        guess == promoted,
+        f"your prediction is what the gate decided: v{mv.version} {tags.get('gate.decision')}",
+        f"one epoch at a thirtieth of the learning rate scored {tags.get('gate.accuracy')}, the champion "
+        f"{tags.get('gate.compared_accuracy')}: the gate promotes only a challenger that beats the champion",
+    )
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #28609018
+def _q6() -> Iterator[Result]:
+    try:
+        answer = {name: learner_variable(name) for name in ("v3_accuracy", "champion_accuracy")}
+    except NameError as e:
+        yield Result(False, f"`{e}` is defined", "read both numbers off the server, then type them")
+        return
+    found = round2()
+    yield Result(found is not None, "the gate has decided on v3", "run Round 2's cell first")
+    if found is None:
+        return
+    mv, tags = found
+    for name, tag, what in (
+        ("v3_accuracy", "gate.accuracy", f"v{mv.version}'s accuracy"),
+        (
+            "champion_accuracy",
+            "gate.compared_accuracy",
+            f"the accuracy of the champion it lost to ({tags.get('gate.compared_with')})",
+        ),
+    ):
+        value, truth = answer[name], float(tags.get(tag, "nan"))
+        yield Result(
+            isinstance(value, float) and math.isclose(value, truth, abs_tol=0.0015),
+            f"{name} is {what}, as the gate measured it (to 3 decimals)",
+            f"Models > the exercise's model > Version {mv.version}: the Gate paragraph of its description, or the "
+            f"`{tag}` tag of the run that trained it",
+        )
+
+
+# %% ../../nbs/workbook/03_checks_registry.ipynb #db7e5a37
+q5 = Task(
+    "q5",
+    NOTEBOOK,
+    "predict: is the undertrained v3 promoted?",
+    _q5,
+    "The gate compares test accuracy on the same split; one epoch at a tiny learning rate learns little.",
+)
+q6 = Task(
+    "q6",
+    NOTEBOOK,
+    "read off your server the accuracies the gate compared when it rejected v3",
+    _q6,
+    "In the UI: Models, digits-classifier, Version 3: its description's Gate paragraph has both numbers.",
 )
 
 

@@ -6,19 +6,81 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
+import tempfile
 import time
 from pathlib import Path
 
-from .tasks import Result, Task, current_notebook, learner_variable, run_id_variable, your_runs
+from mlops_day28.workbook.tasks import (
+    OutsideNotebook,
+    Result,
+    Task,
+    current_notebook,
+    learner_cell,
+    learner_variable,
+    run_id_variable,
+    your_runs,
+)
 
 # %% auto #0
-__all__ = ["RUN_NAME", "PARAMS", "METRICS", "q1", "q2", "q3", "wandb_records", "checklist"]
+__all__ = [
+    "RUN_NAME",
+    "PARAMS",
+    "METRICS",
+    "MIN_RISE",
+    "q1",
+    "OTHERS_NOTEBOOK",
+    "OTHERS_EXPERIMENT",
+    "OTHERS_ACCURACY",
+    "q2",
+    "q3",
+    "q4",
+    "curve_span",
+    "others_runs",
+    "wandb_records",
+    "checklist",
+    "current_notebook",
+    "evaluate",
+    "find_project_root",
+    "load_config",
+    "plot_confusion_matrix",
+    "predict_proba",
+    "prepare_training",
+    "run_tracked_training",
+    "run_wandb_offline",
+    "setup_mlflow",
+    "ui_url",
+    "workbook_config_path",
+]
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #d6f8ac68
+from ..config import find_project_root, load_config, workbook_config_path
+from ..reliability.coordination import ui_url
+from ..tracking import plot_confusion_matrix, run_tracked_training, run_wandb_offline
+from ..training import evaluate, predict_proba, prepare_training
+from .tasks import setup_mlflow
+
+_all_ = [
+    "current_notebook",
+    "evaluate",
+    "find_project_root",
+    "load_config",
+    "plot_confusion_matrix",
+    "predict_proba",
+    "prepare_training",
+    "run_tracked_training",
+    "run_wandb_offline",
+    "setup_mlflow",
+    "ui_url",
+    "workbook_config_path",
+]
 
 # %% ../../nbs/workbook/02_checks_tracking.ipynb #c4e20007
 RUN_NAME = "my_run"
 PARAMS = ("learning_rate", "batch_size", "architecture")
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+MIN_RISE = 0.03  # from scratch, val_accuracy rises at least this much from the first epoch to the best
 
 
 def _png_artifacts(client, run_id: str, path: str = "", depth: int = 0) -> list[str]:
@@ -30,6 +92,40 @@ def _png_artifacts(client, run_id: str, path: str = "", depth: int = 0) -> list[
         elif a.path.lower().endswith(".png"):
             found.append(a.path)
     return found
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #156017cf
+def curve_span(png: str | Path) -> float:
+    "How much of a PNG's width its coloured lines cross, 0 to 1 (0 for a heatmap, which colours an area)."
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(str(png))
+    if img.ndim != 3:
+        return 0.0
+    rgb = img[..., :3].astype(float) / (255.0 if img.dtype.kind == "u" else 1.0)
+    coloured = (rgb.max(-1) - rgb.min(-1)) > 0.2  # black, grey and white are not
+    if coloured.mean() > 0.05:
+        return 0.0
+    columns = coloured.any(0).nonzero()[0]
+    return (columns[-1] - columns[0] + 1) / img.shape[1] if len(columns) else 0.0
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #4ad66a4b
+def _history(client, run_id: str, name: str) -> list:
+    return sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #92db7677
+def _curves(run_id: str, pngs: list[str]) -> list[str]:
+    "The PNGs among `pngs` that plot curves across the epochs (lines across a third of the figure at least)."
+    import mlflow
+
+    d = tempfile.mkdtemp()
+    return [
+        p
+        for p in pngs
+        if curve_span(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p, dst_path=d)) >= 1 / 3
+    ]
 
 
 # %% ../../nbs/workbook/02_checks_tracking.ipynb #99aeef31
@@ -47,42 +143,102 @@ def _q1():
             f'open it with `with mlflow.start_run(run_name="{RUN_NAME}"):` and let the block end',
         )
         return
-    run = finished[0]
+    run, run_id = finished[0], finished[0].info.run_id
     yield Result(True, f"a finished run named {RUN_NAME!r} from this notebook")
     missing = [p for p in PARAMS if p not in run.data.params]
     yield Result(not missing, "params " + ", ".join(PARAMS), f"not logged: {', '.join(missing)}; use mlflow.log_param")
-    for name in METRICS:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
-        per_epoch = len(steps) >= 2 and len(set(steps)) == len(steps)
-        hint = (
-            f'log it every epoch: mlflow.log_metric("{name}", value, step=epoch)'
-            if len(steps) < 2
-            else "give each epoch its own step: step=epoch"
+    curves = {name: _history(client, run_id, name) for name in METRICS}
+    for name, history in curves.items():
+        steps = [m.step for m in history]
+        hint = f'log it every epoch: mlflow.log_metric("{name}", value, step=epoch)'
+        yield Result(
+            len(steps) >= 2 and len(set(steps)) == len(steps),
+            f"{name} once per epoch, with its step ({len(steps)} values)",
+            hint if len(steps) < 2 else "give each epoch its own step: step=epoch",
         )
-        yield Result(per_epoch, f"{name} once per epoch, with its step ({len(steps)} values)", hint)
+    loss, acc = [m.value for m in curves["train_loss"]], [m.value for m in curves["val_accuracy"]]
+    yield Result(
+        len(loss) >= 2 and loss[-1] < loss[0],
+        "train_loss falls over the epochs"
+        + (f" ({loss[0]:.3f} at the first, {loss[-1]:.3f} at the last)" if loss else ""),
+        "log the loss measured after each epoch's training, evaluate(model, job.train_loader)['loss'], not a constant",
+    )
+    if len(acc) >= 2:
+        yield Result(
+            max(acc) - acc[0] >= MIN_RISE,
+            f"a model trained from scratch in this run (val_accuracy {acc[0]:.3f} at the first epoch, best {max(acc):.3f})",
+            "start from a fresh job = prepare_training(cfg) and a new optimizer: the plain way's model was trained already",
+        )
     has_model = bool(run.outputs and run.outputs.model_outputs)
     yield Result(has_model, "the model", 'mlflow.pytorch.log_model(model, name="model", input_example=X[:5])')
-    pngs = _png_artifacts(client, run.info.run_id)
+    pngs = _png_artifacts(client, run_id)
     yield Result(
         len(pngs) >= 2,
         f"two PNG artifacts ({', '.join(pngs) or 'none'})",
         "save the training curves and the confusion matrix as .png files, then mlflow.log_artifact(path)",
     )
+    plotted = _curves(run_id, pngs)
+    yield Result(
+        bool(plotted),
+        f"a PNG of training curves, a point per epoch ({', '.join(plotted) or 'none crosses the epochs'})",
+        "collect each epoch's value in a list inside the loop, then plt.plot(epochs, values): one point is not a curve",
+    )
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #294e6cda
 q1 = Task(
     "q1",
     "01_tracking",
     f"log a run named {RUN_NAME!r} with the plain MLflow API",
     _q1,
-    "Start from the plain-way cell above: add the missing params, compute train metrics with "
-    "evaluate(model, job.train_loader), and log two figures saved as PNG files.",
+    "Start from the plain-way cell above, with a fresh job = prepare_training(cfg): add the missing params, "
+    "compute train metrics with evaluate(model, job.train_loader), collect them per epoch, and plot them as "
+    "curves; log that figure and the confusion matrix as PNG files.",
 )
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #deeb3b2e
+OTHERS_NOTEBOOK = "colleague/01_tracking.ipynb"  # the source of a colleague's runs: not this folder, the same name
+OTHERS_EXPERIMENT = "a-colleagues-experiment"
+OTHERS_ACCURACY = 0.999  # better than any run of the learner's
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #f8ea02ff
+def others_runs(experiment_name: str) -> list:
+    "A colleague's two runs on this server, in `experiment_name` and in another experiment; logged once, then found."
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client, out = MlflowClient(), []
+    for name in (experiment_name, OTHERS_EXPERIMENT):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        where = f"tags.`mlflow.source.name` = '{OTHERS_NOTEBOOK}'"
+        found = client.search_runs([exp_id], where, max_results=1)
+        if not found:
+            tags = {"mlflow.source.name": OTHERS_NOTEBOOK, "mlflow.source.type": "NOTEBOOK", "mlflow.user": "colleague"}
+            run = client.create_run(exp_id, run_name="colleagues_best", tags=tags)
+            now = int(time.time() * 1000)
+            client.log_batch(run.info.run_id, metrics=[Metric("val_accuracy", OTHERS_ACCURACY, now, 1)])
+            client.set_terminated(run.info.run_id)
+            found = [client.get_run(run.info.run_id)]
+        out.append(found[0])
+    return out
 
 
 # %% ../../nbs/workbook/02_checks_tracking.ipynb #c4e20009
 def _this_notebooks_runs():
     return your_runs(filter_string=f"tags.`mlflow.source.name` = '{current_notebook()}'")
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #1208ce5c
+def _cell(name: str) -> str | None:
+    "The learner's cell that set `name`, or None (also outside a notebook: `mlops-check` cannot read it)."
+    try:
+        return learner_cell(name)
+    except OutsideNotebook:
+        return None
 
 
 # %% ../../nbs/workbook/02_checks_tracking.ipynb #43302c33
@@ -96,7 +252,18 @@ def _q2():
         if "val_accuracy" in r.data.metrics
     }
     if best_id not in scored:
-        yield Result(False, "it is a run of this notebook with a val_accuracy", "filter on this notebook's runs")
+        from mlflow import MlflowClient
+
+        try:
+            tags = MlflowClient().get_run(best_id).data.tags
+            found = f"{tags.get('mlflow.runName')!r} from {tags.get('mlflow.source.name') or 'no notebook'}"
+        except Exception:
+            found = "no run on this server"
+        yield Result(
+            False,
+            f"it is a run of this notebook with a val_accuracy (it is {found})",
+            "filter_string=\"tags.`mlflow.source.name` = '...'\" with current_notebook(): the server holds others' runs too",
+        )
         return
     top = max(scored.values())
     yield Result(
@@ -104,12 +271,21 @@ def _q2():
         f"it has this notebook's highest val_accuracy ({scored[best_id]:.4f}; the best is {top:.4f})",
         'order_by=["metrics.val_accuracy DESC"] puts the best first',
     )
+    cell = _cell("best_run_id")
+    if cell and "search_runs" in cell:
+        ordered = re.search(r"val_accuracy['\"\s]*(DESC\b|,\s*ascending\s*=\s*False)|idxmax|nlargest", cell, re.I)
+        yield Result(
+            bool(ordered),
+            "your query puts the highest val_accuracy first",
+            'order_by=["metrics.val_accuracy DESC"]: without it search_runs gives the newest run first',
+        )
 
 
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #b680235e
 q2 = Task(
     "q2",
     "01_tracking",
-    "find the best of your runs with mlflow.search_runs and order_by",
+    "find the best of your runs with mlflow.search_runs, filter_string and order_by",
     _q2,
     "mlflow.search_runs(search_all_experiments=True, filter_string=\"tags.`mlflow.source.name` = '...'\", "
     'order_by=["metrics.val_accuracy DESC"], max_results=1); current_notebook() gives the name.',
@@ -205,6 +381,47 @@ q3 = Task(
     _q3,
     'The course\'s Option B: wandb.init(project=..., mode="offline", config={...}); wandb.log per epoch; '
     "wandb.log an Image; wandb_run.finish().",
+)
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #9765b7f1
+def _q4():
+    from mlflow import MlflowClient
+
+    try:
+        answer = learner_variable("best_epoch"), learner_variable("best_val_accuracy")
+    except NameError as e:
+        yield Result(
+            False, f"`{e}` is defined", "read it in the UI, then type it: best_epoch = ...; best_val_accuracy = ..."
+        )
+        return
+    runs = [r for r in your_runs(filter_string=f"attributes.run_name = '{RUN_NAME}'") if r.info.status == "FINISHED"]
+    yield Result(bool(runs), f"you have a finished {RUN_NAME!r}", "do q1 first")
+    if not runs:
+        return
+    history = _history(MlflowClient(), runs[0].info.run_id, "val_accuracy")
+    top = max((m.value for m in history), default=float("nan"))
+    epochs = [m.step for m in history if math.isclose(m.value, top)]
+    epoch, value = answer
+    yield Result(
+        isinstance(value, float) and abs(value - top) < 0.0015,
+        f"best_val_accuracy is your latest {RUN_NAME}'s highest val_accuracy (to 3 decimals)",
+        f"open {RUN_NAME} in the UI (your latest), Model metrics, val_accuracy: the highest point, not the last",
+    )
+    yield Result(
+        epoch in epochs,
+        "best_epoch is the epoch (the step you logged) where it reached it",
+        "the x axis of that chart is the step: hover over the highest point",
+    )
+
+
+# %% ../../nbs/workbook/02_checks_tracking.ipynb #1ce1e514
+q4 = Task(
+    "q4",
+    "01_tracking",
+    f"read your {RUN_NAME}'s best val_accuracy and its epoch off the MLflow UI",
+    _q4,
+    f"In the UI: experiment, run {RUN_NAME} (the latest), Model metrics, val_accuracy. Hover over the highest point.",
 )
 
 

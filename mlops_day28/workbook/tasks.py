@@ -35,6 +35,7 @@ __all__ = [
     "has_variable",
     "file_result",
     "run_id_variable",
+    "learner_cell",
 ]
 
 # %% ../../nbs/workbook/01_tasks.ipynb #e7a10007
@@ -287,3 +288,11 @@ def run_id_variable(name: str = "best_run_id", hint: str = "take runs.iloc[0]['r
         return None
     yield Result(isinstance(value, str), f"`{name}` is a run id (a str)", hint)
     return value if isinstance(value, str) else None
+
+
+# %% ../../nbs/workbook/01_tasks.ipynb #be413596
+def learner_cell(name: str) -> str | None:
+    "The source of the last cell run in this notebook that assigned `name` (None if none did); OutsideNotebook outside one."
+    learner_variable("In")  # IPython's list of the cells run, in order
+    assigns = re.compile(rf"^[ \t]*(?:[\w, ]+,\s*)?{re.escape(name)}\s*(?::[^=\n]*)?=(?!=)", re.M)
+    return next((src for src in reversed(learner_variable("In")) if assigns.search(src)), None)
