@@ -35,7 +35,7 @@ procs = [p for p in (service, prometheus, *_WATCHING.values()) if p]
 json.dump({
     "kernel": os.getpid(),
     "pids": [p.pid for p in procs],
-    "ports": [int(p.url.rsplit(":", 1)[1]) for p in procs] + [my_server.config.port],
+    "ports": [int(u.rsplit(":", 1)[1]) for u in [*(p.url for p in procs), my_url]],
 }, open(%r, "w"))
 """
 
