@@ -37,3 +37,22 @@ def local_mlflow(tmp_path_factory):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
     mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture
+def learner_namespace(monkeypatch):
+    "`make(*modules)`: the learner's namespace (IPython's `In` included) that `learner_variable` reads in `modules`."
+
+    def make(*modules) -> dict:
+        ns = {"In": []}
+
+        def variable(name):
+            if name not in ns:
+                raise NameError(name)
+            return ns[name]
+
+        for module in modules:
+            monkeypatch.setattr(module, "learner_variable", variable)
+        return ns
+
+    return make

@@ -239,17 +239,9 @@ def test_the_right_q3_passes(registry, more_runs):
 
 
 @pytest.fixture
-def stored(monkeypatch):
+def stored(monkeypatch, learner_namespace):
     "The learner's namespace, IPython's record of the cells run (`In`) included."
-    ns = {"In": []}
-
-    def variable(name):
-        if name not in ns:
-            raise NameError(name)
-        return ns[name]
-
-    monkeypatch.setattr(ex, "learner_variable", variable)
-    monkeypatch.setattr(cr, "learner_variable", variable)
+    ns = learner_namespace(ex, cr)
     monkeypatch.setattr(cr, "has_variable", lambda name, what: ex.Result(name in ns, what))
     return ns
 

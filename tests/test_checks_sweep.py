@@ -16,15 +16,20 @@ def _no_run_links(monkeypatch):
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-@pytest.fixture
-def declared(tmp_path, monkeypatch, tracking_uri):
-    "A fresh folder declared as holding 04_sweep.ipynb (so no run is 'yours' yet), in an experiment of its own."
+def _declare(tmp_path, monkeypatch, experiment: str) -> None:
+    "Declare `tmp_path` as a learner's folder holding 04_sweep.ipynb, logging to a new experiment named after `experiment`."
     (tmp_path / "pyproject.toml").touch()
     monkeypatch.setattr(ex, "_NOTEBOOK", None)
     monkeypatch.setenv("IPYNB_FILE", "")
     monkeypatch.delenv(ex.STRICT_ENV, raising=False)
     ex.this_notebook("04_sweep.ipynb", tmp_path / f"learner_{uuid.uuid4().hex[:6]}")
-    mlflow.set_experiment(f"tests_checks_sweep_{uuid.uuid4().hex[:6]}")
+    mlflow.set_experiment(f"{experiment}_{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def declared(tmp_path, monkeypatch, tracking_uri):
+    "A fresh folder declared as holding 04_sweep.ipynb (so no run is 'yours' yet), in an experiment of its own."
+    _declare(tmp_path, monkeypatch, "tests_checks_sweep")
     yield tmp_path
     mlflow.set_experiment("Default")
 
@@ -95,12 +100,7 @@ def test_one_mark_on_the_wrong_child_is_a_cross(declared):
 @pytest.fixture
 def mine(tmp_path, monkeypatch, local_mlflow):
     "A declared 04_sweep notebook with its my_grid on the module's own MLflow; `answer(**values)` sets its variables."
-    (tmp_path / "pyproject.toml").touch()
-    monkeypatch.setattr(ex, "_NOTEBOOK", None)
-    monkeypatch.setenv("IPYNB_FILE", "")
-    monkeypatch.delenv(ex.STRICT_ENV, raising=False)
-    ex.this_notebook("04_sweep.ipynb", tmp_path / f"learner_{uuid.uuid4().hex[:6]}")
-    mlflow.set_experiment(f"tests_wrong_sweep_{uuid.uuid4().hex[:6]}")
+    _declare(tmp_path, monkeypatch, "tests_wrong_sweep")
     ids = grid_runs()
     values = {}
 

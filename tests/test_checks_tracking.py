@@ -23,19 +23,11 @@ SCRATCH = {  # a model trained from scratch: what the right answer logs, per epo
 
 
 @pytest.fixture
-def learner(local_mlflow, monkeypatch, tmp_path):
+def learner(local_mlflow, monkeypatch, tmp_path, learner_namespace):
     "The learner's notebook and namespace: runs started here are learner/01_tracking.ipynb's; returns the namespace."
     monkeypatch.setattr(ex, "_NOTEBOOK", HERE)
     monkeypatch.delenv(ex.STRICT_ENV, raising=False)
-    ns = {"In": []}
-
-    def variable(name):
-        if name not in ns:
-            raise NameError(name)
-        return ns[name]
-
-    monkeypatch.setattr(ex, "learner_variable", variable)
-    monkeypatch.setattr(ct, "learner_variable", variable)
+    ns = learner_namespace(ex, ct)
     client = MlflowClient()
     for exp in client.search_experiments():  # what earlier tests logged is gone: each test starts on an empty server
         for run in client.search_runs([exp.experiment_id]):
