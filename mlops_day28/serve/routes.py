@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -50,9 +49,8 @@ def predict_router(api: ServiceAPI) -> APIRouter:
         except BadRequest as e:
             return refusal(state, e)
         model, drift = state.serving.now  # one version for the whole request, whatever a reload does meanwhile
-        start = time.perf_counter()
-        probs = model.predict_proba(X)
-        state.metrics.latency.observe(time.perf_counter() - start)
+        probs, took = await state.batches.predict_proba(model, X)  # with the requests waiting too (serve/06)
+        state.metrics.latency.observe(took)
         classes, names = probs.argmax(1).tolist(), state.api.class_names
         out = [
             {"prediction_id": pid, "predicted_class": c, "label": names[c], "probabilities": p}
@@ -62,8 +60,8 @@ def predict_router(api: ServiceAPI) -> APIRouter:
             if n:
                 state.class_counters[c].inc(int(n))
         state.metrics.predictions.inc(len(X))
-        drift.update(X)
-        state.metrics.drift.set(drift.psi())
+        if drift.add(X):  # counted every 32 images or 1 s, not per request, and at each scrape (serve/05_drift)
+            state.metrics.drift.set(drift.psi())
         body = {"model_name": model.name, "model_version": model.version, "predictions": out}
         return Response(json.dumps(body), media_type="application/json")  # plain data: no need for FastAPI's encoder
 
