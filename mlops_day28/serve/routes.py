@@ -42,8 +42,9 @@ def predict_router(api: ServiceAPI) -> APIRouter:
         responses={200: {"model": PredictResponse}, **error_responses(400, 413, 422)},
         openapi_extra=request_body(api.predict_model),
     )
-    async def predict(request: Request, state: ServiceStateDep):
+    async def predict(request: Request):
         'Classify one image ({"image": [...]}) or a batch ({"images": [[...], ...]}).'
+        state: ServiceState = request.app.state.service  # what `ServiceStateDep` gives, without FastAPI's solving
         try:
             X = state.api.images(await request.body())
         except BadRequest as e:
