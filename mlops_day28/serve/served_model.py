@@ -160,17 +160,23 @@ class ModelBatches:
     def __init__(self, max_images: int = 256, least: int = 4):
         self.max_images, self.least = max_images, least
         self.waiting: list = []  # (model, images, future) of the requests waiting for the model's next turn
+        self.due: set = set()  # the event loops on which a turn of the model is scheduled
 
     async def predict_proba(self, model: ServedModel, X: np.ndarray) -> tuple[np.ndarray, float]:
         "`model`'s class probabilities for the rows of `X`, and the seconds of the call that gave them."
-        future = asyncio.get_running_loop().create_future()
-        if not self.waiting:  # after the requests already ready to run in this turn of the loop
-            future.get_loop().call_soon(self._run)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if loop not in self.due:  # after the requests already ready to run in this turn of the loop
+            self.due.add(loop)
+            loop.call_soon(self._run, loop)
         self.waiting.append((model, X, future))
         return await future
 
-    def _run(self) -> None:
-        waiting, self.waiting = [w for w in self.waiting if not w[2].done()], []  # done: cancelled meanwhile
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.due.discard(loop)
+        mine = [w for w in self.waiting if w[2].get_loop() is loop]  # (a test may run several loops in turn)
+        self.waiting = [w for w in self.waiting if w[2].get_loop() is not loop]
+        waiting = [w for w in mine if not w[2].done()]  # done: cancelled meanwhile
         while waiting:
             model, batch, rest, n = waiting[0][0], waiting[:1], [], len(waiting[0][1])
             for w in waiting[1:]:  # the same model (a reload may swap it meanwhile), up to `max_images`
