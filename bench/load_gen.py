@@ -7,7 +7,7 @@ SPEC: {"host", "port", "path", "bodies": [str, ...], "mode": "closed" | "open", 
 
 It speaks HTTP/1.1 over keep-alive connections with asyncio protocols on uvloop: a request is
 bytes prepared in advance, a response is read up to its Content-Length. That costs the
-client about a tenth of what httpx does per request, so on a 2-core machine the cores go
+client a tenth to a thirtieth of what httpx does per request, so on a 2-core machine the cores go
 to the server measured, not to its client.
 
 - closed loop: `connections` clients, each sending its next request when the last one is
