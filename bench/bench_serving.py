@@ -1,27 +1,38 @@
-"""Serving throughput and latency: `mlops-serve` against `mlflow models serve`, same model, same inputs.
+"""Serving throughput and tail latency: `mlops-serve` against `mlflow models serve`, same model, same inputs.
 
-    .venv/bin/python bench/bench_serving.py [--config configs/config.yaml] [--seconds 5] [--repeats 2]
+    .venv/bin/python bench/bench_serving.py [--seconds 5] [--repeats 3] [--workers 1] [--rate 0] [--quick]
 
 Trains the config's model, registers it on a throwaway MLflow server (free port, temporary
-folder), and serves `models:/bench-digits@champion` with each server in turn: one uvicorn
-worker each, one torch thread each (OMP_NUM_THREADS=1 for both), on loopback, never both at
-once. Two load generators, each for --seconds per level after a warm-up:
-- httpx (asyncio), closed loop, at several concurrencies, one image per request and batches of 32;
-- wrk (C; Debian's `wrk`), where installed, at the same concurrencies: a client that costs far
-  less CPU than the servers, so the numbers are the servers' and not the client's.
-Servers alternate across repeats; medians are reported. Both servers' predictions are checked
-to agree before anything is timed.
+folder), and serves `models:/bench-digits@champion` with both servers at once, each with
+`--workers` uvicorn workers and one torch thread (OMP_NUM_THREADS=1 for both), on loopback.
+Both stay up for the whole run; only one is under load at a time. Before anything is
+timed, both servers' predictions are checked against the trained model's.
+
+The load comes from `bench/load_gen.py`, a process of its own for each measurement: keep-alive
+HTTP/1.1 on uvloop, requests prepared in advance, 25 to 100 µs of client CPU per request
+(httpx's asyncio client took 831 µs at 8 connections, 2,776 at 32; on 2 cores the client's CPU is taken
+from the server it measures). One single image per request, cycling over 200 test images:
+- closed loop at 1, 8 and 32 connections (each sends its next request when answered), and
+  at 4 connections with batches of 32 images;
+- open loop: requests due at a fixed rate both servers sustain (`--rate`, or by default half
+  the lower of the two servers' closed-loop throughput at 8 connections in this run), on up to
+  32 connections; latency counts from when a request was due (no coordinated omission).
+
+Each measurement is --seconds long after a 1 s warm-up, and the two servers are measured back
+to back at each level, in alternating order, --repeats times; the tables give medians, and
+the ratios are the medians of the ratios of each back-to-back pair. With each result: the
+servers' CPU time per request (the server's processes, from /proc) and the machine's 1-minute
+load average (which counts this benchmark's own client and server too).
+
+--quick: 2 s per measurement, one repeat, one training epoch (a smoke run, under 2 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +48,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import httpx
 import mlflow
 import numpy as np
+import psutil
 import torch
 
 from mlops_day28.config import load_config
@@ -46,28 +58,17 @@ from mlops_day28.tracking import run_tracked_training
 
 BIN = Path(sys.executable).parent
 NAME = "bench-digits"
+SERVERS = ("mlops-serve", "mlflow models serve")
+LOAD_GEN = Path(__file__).with_name("load_gen.py")
 
 
-def start(kind: str, uri: str, config: Path, port: int) -> Process:
+def start(kind: str, uri: str, config: Path, port: int, workers: int = 1) -> Process:
     if kind == "mlops-serve":
-        cmd = [BIN / "mlops-serve", "--config", config, "--model", uri, "--port", port]
+        cmd = [BIN / "mlops-serve", "--config", config, "--model", uri, "--port", port, "--workers", workers]
         url_health = f"http://127.0.0.1:{port}/health"
     else:
-        cmd = [
-            BIN / "mlflow",
-            "models",
-            "serve",
-            "-m",
-            uri,
-            "-p",
-            port,
-            "-h",
-            "127.0.0.1",
-            "-w",
-            "1",
-            "--env-manager",
-            "local",
-        ]
+        cmd = [BIN / "mlflow", "models", "serve", "-m", uri, "-p", port, "-h", "127.0.0.1", "-w", workers]
+        cmd += ["--env-manager", "local"]
         url_health = f"http://127.0.0.1:{port}/ping"
     env = {
         **os.environ,
@@ -91,155 +92,161 @@ def classes_from(kind: str, body: dict) -> list[int]:
     return list(np.asarray(body["predictions"]).argmax(1))
 
 
-async def load(url: str, kind: str, X: np.ndarray, concurrency: int, batch: int, seconds: float) -> dict:
-    "Closed-loop load: `concurrency` clients, each sending its next request when the last one is answered."
-    bodies = [request_for(kind, X[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
-    latencies, errors = [], 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+def cpu_seconds(pid: int) -> float:
+    "User and system CPU time of process `pid` and its descendants (a server's workers)."
+    total = 0.0
+    parent = psutil.Process(pid)
+    for p in [parent, *parent.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
-        async def worker(offset: int, until: float, record: bool):
-            nonlocal errors
-            i = offset
-            while time.perf_counter() < until:
-                path, body = bodies[i % len(bodies)]
-                start = time.perf_counter()
-                r = await client.post(path, json=body)
-                if record:
-                    latencies.append(time.perf_counter() - start)
-                    errors += r.status_code != 200
-                i += concurrency
 
-        warm = time.perf_counter() + 1.0
-        await asyncio.gather(*(worker(k, warm, False) for k in range(concurrency)))
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker(k, begin + seconds, True) for k in range(concurrency)))
-        elapsed = time.perf_counter() - begin
-    lat = np.array(latencies) * 1000
-    return {
-        "rps": len(lat) / elapsed,
-        "images_per_s": len(lat) * batch / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "errors": errors,
-        "n": len(lat),
+def measure(proc: Process, kind: str, X: np.ndarray, mode: str, connections: int, batch: int, args) -> dict:
+    "One measurement by `bench/load_gen.py` in a process of its own, with the server's CPU time per request."
+    port = int(proc.url.rsplit(":", 1)[1])
+    rows = [X[np.arange(i * batch, (i + 1) * batch) % len(X)] for i in range(200)]  # 200 bodies, wrapping around X
+    bodies = [json.dumps(request_for(kind, r)[1]) for r in rows]
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "path": request_for(kind, X[:1])[0],
+        "bodies": bodies,
+        "mode": mode,
+        "connections": connections,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
     }
-
-
-def wrk(url: str, path: str, body: dict, concurrency: int, seconds: float) -> dict:
-    "One wrk run (1 thread, `concurrency` connections) POSTing `body`."
-    script = Path(tempfile.mkdtemp()) / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    load, cpu = os.getloadavg()[0], cpu_seconds(proc.popen.pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url + path],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    ).stdout
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-    def pct(p):
-        return (lambda m: float(m.group(1)) * unit[m.group(2)])(re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)$", out, re.M))
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": pct(50),
-        "p99_ms": pct(99),
-        "errors": int(errors.group(1)) if errors else 0,
-    }
-
-
-def table(results: dict, title: str, images: bool) -> None:
-    print(f"\n{title}\n")
-    print(
-        "| concurrency | images/request | server | requests/s |"
-        + (" images/s |" if images else "")
-        + " p50 ms | p99 ms | throughput ratio | p99 ratio |"
+        [sys.executable, str(LOAD_GEN), f.name], capture_output=True, text=True, timeout=args.seconds + 120
     )
-    print("| ---: | ---: | --- | ---: |" + (" ---: |" if images else "") + " ---: | ---: | ---: | ---: |")
-    for (concurrency, batch), r in results.items():
-        med = {k: statistics.median(v) for k, v in r.items()}
-        ratio = med["mlops-serve:rps"] / med["mlflow models serve:rps"]
-        p99 = med["mlops-serve:p99_ms"] / med["mlflow models serve:p99_ms"]
-        for kind in ("mlops-serve", "mlflow models serve"):
-            ours = kind == "mlops-serve"
+    cpu = cpu_seconds(proc.popen.pid) - cpu
+    os.unlink(f.name)
+    if out.returncode:
+        raise RuntimeError(f"load_gen failed against {kind}: {out.stderr[-2000:]}")
+    r = json.loads(out.stdout)
+    assert r["errors"] == 0, f"{kind}: {r['errors']} failed requests"
+    return r | {"load": load, "server_cpu_us": 1e6 * cpu / max(r["answered"], 1)}
+
+
+def rounds(servers: dict, X: np.ndarray, levels: list, mode: str, args, results: dict) -> None:
+    "Each level, each repeat: both servers back to back, the one that goes first alternating."
+    for rep in range(args.repeats):
+        for i, (connections, batch) in enumerate(levels):
+            order = SERVERS if (rep + i) % 2 == 0 else SERVERS[::-1]
+            for kind in order:
+                r = measure(servers[kind], kind, X, mode, connections, batch, args)
+                results.setdefault((mode, connections, batch, args.rate), {}).setdefault(kind, []).append(r)
+                print(
+                    f"  {mode} {connections:>2} conn x{batch} {kind:<19} {r['rps']:7.0f}/s p50 {r['p50_ms']:6.2f} "
+                    f"p99 {r['p99_ms']:7.2f} p99.9 {r['p999_ms']:7.2f} ms, {r['server_cpu_us']:5.0f} µs CPU/req, "
+                    f"load {r['load']:.2f}",
+                    flush=True,
+                )
+
+
+def table(results: dict) -> None:
+    "Medians per server; ratios: the median, and the worst, of the back-to-back pairs' ratios."
+    print(
+        "\n| loop | connections | images/request | offered rate/s | server | requests/s | p50 ms | p99 ms | p99.9 ms "
+        "| server CPU µs/request | load (1 min) | throughput ratio (worst) | p99 ratio (worst) |"
+    )
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (mode, connections, batch, rate), by in results.items():
+        ours, theirs = by["mlops-serve"], by["mlflow models serve"]
+        tp = [a["rps"] / b["rps"] for a, b in zip(ours, theirs, strict=True)]
+        p99 = [a["p99_ms"] / b["p99_ms"] for a, b in zip(ours, theirs, strict=True)]
+        for kind in SERVERS:
+            rs = by[kind]
+            med = {
+                k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "server_cpu_us")
+            }
+            loads = [r["load"] for r in rs]
+            first = kind == "mlops-serve"
             print(
-                f"| {concurrency} | {batch} | {kind} | {med[kind + ':rps']:.0f} |"
-                + (f" {med[kind + ':rps'] * batch:.0f} |" if images else "")
-                + f" {med[kind + ':p50_ms']:.2f} | {med[kind + ':p99_ms']:.2f} | {f'{ratio:.2f}x' if ours else ''} | "
-                f"{f'{p99:.2f}' if ours else ''} |"
+                f"| {mode} | {connections} | {batch} | {f'{rate:.0f}' if mode == 'open' else ''} | {kind} "
+                f"| {med['rps']:.0f} | {med['p50_ms']:.2f} | {med['p99_ms']:.2f} "
+                f"| {med['p999_ms']:.2f} | {med['server_cpu_us']:.0f} | {min(loads):.1f}-{max(loads):.1f} "
+                f"| {f'{statistics.median(tp):.2f}x ({min(tp):.2f}x)' if first else ''} "
+                f"| {f'{statistics.median(p99):.2f} ({max(p99):.2f})' if first else ''} |"
             )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Serving benchmark")
+    parser = argparse.ArgumentParser(description="Serving benchmark: mlops-serve against mlflow models serve")
     parser.add_argument("--config", default=str(ROOT / "configs" / "config.yaml"))
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement, after the warm-up")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop, requests/s (0: half the lower 8-conn rate)")
+    parser.add_argument("--quick", action="store_true", help="2 s per measurement, 1 repeat, 1 training epoch")
+    parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, ["experiment_name=bench_serving", "tracking.run_name=bench_serving"])
-    levels = [(1, 1), (4, 1), (16, 1), (4, 32)]  # (concurrency, images per request)
+    args.warmup = 1.0
+    overrides = ["experiment_name=bench_serving", "tracking.run_name=bench_serving"]
+    if args.quick:
+        args.seconds, args.repeats, args.warmup = 2.0, 1, 0.5
+        overrides.append("training.num_epochs=1")
+    cfg = load_config(args.config, overrides)
 
     tmp = tempfile.mkdtemp(prefix="bench-serving-")
-    server = start_tracking_server(port=free_port(), root=tmp)
+    tracking = start_tracking_server(port=free_port(), root=tmp)
     results: dict[tuple, dict[str, list]] = {}
-    wrk_results: dict[tuple, dict[str, list]] = {}
-    has_wrk = shutil.which("wrk") is not None
+    servers: dict[str, Process] = {}
+    began = time.time()
     try:
-        os.environ["MLFLOW_TRACKING_URI"] = server.uri
-        mlflow.set_tracking_uri(server.uri)
+        os.environ["MLFLOW_TRACKING_URI"] = tracking.uri
+        mlflow.set_tracking_uri(tracking.uri)
         mlflow.set_experiment(cfg.experiment_name)
         trained = run_tracked_training(cfg, progress=False)
         version = mlflow.register_model(trained.model_uri, NAME).version
         mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
         uri = f"models:/{NAME}@champion"
         X = trained.job.splits.test.X
-        order = ["mlops-serve", "mlflow models serve"]
-        for rep in range(args.repeats):
-            for kind in order if rep % 2 == 0 else order[::-1]:
-                proc = start(kind, uri, Path(args.config), free_port())
-                try:
-                    path, body = request_for(kind, X[:16])
-                    got = classes_from(kind, httpx.post(proc.url + path, json=body, timeout=60).json())
-                    with torch.no_grad():
-                        expected = trained.job.model(torch.from_numpy(X[:16])).argmax(1).tolist()
-                    assert got == expected, f"{kind} predicts {got}, the trained model {expected}"
-                    for concurrency, batch in levels:
-                        r = asyncio.run(load(proc.url, kind, X, concurrency, batch, args.seconds))
-                        assert r["errors"] == 0, f"{kind}: {r['errors']} failed requests"
-                        for key, value in r.items():
-                            results.setdefault((concurrency, batch), {}).setdefault(f"{kind}:{key}", []).append(value)
-                        if has_wrk:
-                            path, body = request_for(kind, X[:batch])
-                            w = wrk(proc.url, path, body, concurrency, args.seconds)
-                            assert w["errors"] == 0, f"{kind}: {w['errors']} failed requests under wrk"
-                            for key, value in w.items():
-                                wrk_results.setdefault((concurrency, batch), {}).setdefault(f"{kind}:{key}", []).append(
-                                    value
-                                )
-                finally:
-                    proc.stop()
+        assert len(X) >= 200, "the test split has fewer than 200 images"
+        for kind in SERVERS:
+            servers[kind] = start(kind, uri, Path(args.config), free_port(), args.workers)
+            path, body = request_for(kind, X[:16])
+            got = classes_from(kind, httpx.post(servers[kind].url + path, json=body, timeout=60).json())
+            with torch.no_grad():
+                expected = trained.job.model(torch.from_numpy(X[:16])).argmax(1).tolist()
+            assert got == expected, f"{kind} predicts {got}, the trained model {expected}"
+        print(f"closed loop ({args.repeats} repeats, {args.seconds:g} s each):", flush=True)
+        rounds(servers, X, [(1, 1), (8, 1), (32, 1), (4, 32)], "closed", args, results)
+        if not args.rate:
+            at8 = results[("closed", 8, 1, 0.0)]
+            args.rate = 0.5 * min(statistics.median(r["rps"] for r in at8[kind]) for kind in SERVERS)
+        print(f"open loop at {args.rate:.0f} requests/s, up to 32 connections:", flush=True)
+        rounds(servers, X, [(32, 1)], "open", args, results)
     finally:
+        for proc in servers.values():
+            proc.stop()
         stop_tracking_server(tmp)
 
     print(
-        f"\nconfig {Path(args.config).name} ({cfg.model.architecture}); {args.seconds:g} s per level, {args.repeats} repeats "
-        f"(medians); torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
+        f"\nconfig {Path(args.config).name} ({cfg.model.architecture}); {args.workers} worker(s) each; "
+        f"{args.seconds:g} s per measurement, {args.repeats} repeats (medians); {time.time() - began:.0f} s in all; "
+        f"torch {torch.__version__}, mlflow {mlflow.__version__}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
-    table(results, "Load from httpx (asyncio, closed loop):", images=True)
-    if has_wrk:
-        table(wrk_results, "Load from wrk (1 thread, keep-alive connections):", images=True)
-    else:
-        print("\n(wrk is not installed: apt-get install wrk for the second table)")
+    table(results)
     print(
-        "\nthroughput ratio: mlops-serve / mlflow models serve (target: at least 2x); "
-        "p99 ratio: mlops-serve / mlflow models serve (target: below 1)"
+        "\nthroughput ratio: mlops-serve / mlflow models serve, requests/s (target: at least 2x); "
+        "p99 ratio: mlops-serve / mlflow models serve (target: below 1); (worst): the worst back-to-back pair"
     )
+    if args.json:
+        rows = [
+            {"mode": k[0], "connections": k[1], "batch": k[2], "rate": k[3], "server": s, "runs": v}
+            for k, by in results.items()
+            for s, v in by.items()
+        ]
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

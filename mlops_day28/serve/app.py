@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from .served_model import ServedModel, load_served_model
 from .state import ServiceState, build_service_state
 
 # %% auto #0
-__all__ = ["service_lifespan", "instrument", "create_app", "serve_model", "worker_app"]
+__all__ = ["service_lifespan", "instrument", "create_app", "freeze_startup_heap", "serve_model", "worker_app"]
 
 
 # %% ../../nbs/serve/11_app.ipynb #45bd9295
@@ -134,6 +135,13 @@ class _WarningsToStderr:
         _log.propagate = self.before[1]
 
 
+# %% ../../nbs/serve/11_app.ipynb #af0bfae1
+def freeze_startup_heap() -> None:
+    "Leave what start-up made (modules, the model, the app) out of every later garbage collection: a process that serves."
+    gc.collect()  # what start-up left as garbage goes first
+    gc.freeze()
+
+
 # %% ../../nbs/serve/11_app.ipynb #ccaba8a8
 def serve_model(
     uri: str,  # the model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
@@ -157,6 +165,7 @@ def serve_model(
         if workers == 1:
             app = create_app(model, cfg, store=FeedbackStore(store_path, s.accuracy_window, s.feedback_within))
             inference = app.state.service.serving.now[0].inference
+            freeze_startup_heap()
             print(f"serving {model.name} v{model.version} ({inference}) {where}", flush=True)
             return run_server(uvicorn.Config(app, **run), got)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp, "metrics"))
@@ -184,4 +193,6 @@ def worker_app() -> FastAPI:
     mlflow.set_tracking_uri(spec["tracking_uri"])
     torch.set_num_threads(cfg.serving.torch_threads)
     store = FeedbackStore(spec["store"], cfg.serving.accuracy_window, cfg.serving.feedback_within)
-    return create_app(load_served_model(spec["uri"], cfg), cfg, store=store)
+    app = create_app(load_served_model(spec["uri"], cfg), cfg, store=store)
+    freeze_startup_heap()  # for the worker's life, as above
+    return app

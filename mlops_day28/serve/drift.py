@@ -5,6 +5,8 @@
 # %% ../../nbs/serve/05_drift.ipynb #f79c3839
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..data import InputProfile, value_histograms
@@ -22,22 +24,46 @@ class PixelDrift:
         profile: InputProfile,  # the training data's histogram and value range
         window: int = 300,  # compare the last `window` images
         eps: float = 1e-4,
+        every: int = 32,  # `add` counts queued images once this many wait ...
+        within: float = 1.0,  # ... or once the oldest has waited this many seconds
     ):
         bins = len(profile.histogram)
         self.edges = np.linspace(*profile.value_range, bins + 1)
-        self.eps = eps
+        self.eps, self.every, self.within = eps, every, within
         self.expected = self._share(np.asarray(profile.histogram, dtype=float))
         self.window = np.zeros((window, bins))  # a ring buffer of per-image histograms
         self.total, self.pos, self.count = np.zeros(bins), 0, 0
+        self.queued, self.since = [], 0.0  # images `add`ed and not yet counted, and when the first of them came
 
     def _share(self, counts: np.ndarray) -> np.ndarray:
         return np.clip(counts / max(counts.sum(), 1), self.eps, None)
 
     def __len__(self):
+        self.flush()
         return self.count
+
+    def add(self, X: np.ndarray) -> bool:
+        "Queue the images in `X` for the window, and count the queue when it is due: whether it was counted."
+        if not self.queued:
+            self.since = time.monotonic()
+        self.queued.append(X)
+        if sum(map(len, self.queued)) < self.every and time.monotonic() - self.since < self.within:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        "Count the images queued by `add` (in the order they came), in one update."
+        if self.queued:
+            queued, self.queued = self.queued, []
+            self._update(np.concatenate(queued) if len(queued) > 1 else queued[0])
 
     def update(self, X: np.ndarray) -> None:
         "Add the images in `X` (one row each) to the window, pushing out the oldest."
+        self.flush()
+        self._update(X)
+
+    def _update(self, X: np.ndarray) -> None:
         size = len(self.window)
         H = value_histograms(np.asarray(X), self.edges)[-size:]
         slots = (self.pos + np.arange(len(H))) % size
@@ -46,7 +72,8 @@ class PixelDrift:
         self.pos, self.count = (self.pos + len(H)) % size, min(self.count + len(H), size)
 
     def psi(self) -> float:
-        "The PSI of the window against the training data (0 while the window is empty)."
+        "The PSI of the window against the training data (0 while the window is empty), queued images included."
+        self.flush()
         if not self.count:
             return 0.0
         actual = self._share(self.total)

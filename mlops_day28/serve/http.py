@@ -16,7 +16,50 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess
 
 # %% auto #0
-__all__ = ["HEADER_TIMEOUT", "DRAIN", "SHUTDOWN_TIMEOUT", "ServiceProtocol", "Stopped", "stopping", "run_server"]
+__all__ = [
+    "HEADER_TIMEOUT",
+    "DRAIN",
+    "SHUTDOWN_TIMEOUT",
+    "OneWrite",
+    "ServiceProtocol",
+    "Stopped",
+    "stopping",
+    "run_server",
+]
+
+
+# %% ../../nbs/serve/03_http.ipynb #87b6f769
+class OneWrite:
+    "A response's transport: its status line and headers leave with the body's first bytes, in one write."
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport, self.loop = transport, loop
+        self.head: bytes | None = None  # the headers, while they wait for the body
+        self.started = False  # the headers were written (or are waiting)
+
+    def write(self, data: bytes) -> None:
+        if self.head is not None:
+            data, self.head = self.head + data, None
+        elif not self.started and not data.startswith(b"HTTP/1.1 100 "):  # a `100 Continue` is not the answer
+            self.started, self.head = True, data
+            self.loop.call_soon(self.flush)  # no body this turn: the headers go alone
+            return
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        "Write the headers if they still wait."
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
 
 # %% ../../nbs/serve/03_http.ipynb #sh000003
 HEADER_TIMEOUT = 10.0  # s: from a connection's opening (or a request's first byte) to the end of the request's headers
@@ -25,7 +68,7 @@ SHUTDOWN_TIMEOUT = 5  # s: on shutdown, how long the requests in progress have b
 
 
 class ServiceProtocol(HttpToolsProtocol):
-    "uvicorn's HTTP/1.1 protocol with a bound on slow request headers, and a shutdown that closes no connection mid-request."
+    "uvicorn's HTTP/1.1 protocol with a bound on slow request headers, a shutdown that closes no connection mid-request, and answers in one write."
 
     def __init__(self, *args, header_timeout: float = HEADER_TIMEOUT, drain: float = DRAIN, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,6 +95,8 @@ class ServiceProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._headers_arrived()
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, OneWrite):
+            self.cycle.transport = OneWrite(self.transport, self.loop)  # the answer in one write (below)
         if self._closing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `Connection: close`, then closed
 

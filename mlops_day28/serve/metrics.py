@@ -42,6 +42,7 @@ class ServiceMetrics:
 
     def __init__(self, class_names: list[str]):
         self.registry = r = CollectorRegistry()
+        self.before_scrape: list = []  # calls that set a value as it is read (the drift PSI), before each exposition
 
         def gauge(name: str, doc: str, labels: tuple = (), mode: str = "mostrecent") -> Gauge:  # mode: across workers
             return Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)
@@ -95,6 +96,8 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         "The text format of these metrics: this process's, or every worker's summed in multiprocess mode."
+        for refresh in self.before_scrape:
+            refresh()
         if not multiprocess_metrics():
             return generate_latest(self.registry)
         registry = CollectorRegistry()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -43,16 +42,16 @@ def predict_router(api: ServiceAPI) -> APIRouter:
         responses={200: {"model": PredictResponse}, **error_responses(400, 413, 422)},
         openapi_extra=request_body(api.predict_model),
     )
-    async def predict(request: Request, state: ServiceStateDep):
+    async def predict(request: Request):
         'Classify one image ({"image": [...]}) or a batch ({"images": [[...], ...]}).'
+        state: ServiceState = request.app.state.service  # what `ServiceStateDep` gives, without FastAPI's solving
         try:
             X = state.api.images(await request.body())
         except BadRequest as e:
             return refusal(state, e)
         model, drift = state.serving.now  # one version for the whole request, whatever a reload does meanwhile
-        start = time.perf_counter()
-        probs = model.predict_proba(X)
-        state.metrics.latency.observe(time.perf_counter() - start)
+        probs, took = await state.batches.predict_proba(model, X)  # with the requests waiting too (serve/06)
+        state.metrics.latency.observe(took)
         classes, names = probs.argmax(1).tolist(), state.api.class_names
         out = [
             {"prediction_id": pid, "predicted_class": c, "label": names[c], "probabilities": p}
@@ -62,8 +61,8 @@ def predict_router(api: ServiceAPI) -> APIRouter:
             if n:
                 state.class_counters[c].inc(int(n))
         state.metrics.predictions.inc(len(X))
-        drift.update(X)
-        state.metrics.drift.set(drift.psi())
+        if drift.add(X):  # counted every 32 images or 1 s, not per request, and at each scrape (serve/05_drift)
+            state.metrics.drift.set(drift.psi())
         body = {"model_name": model.name, "model_version": model.version, "predictions": out}
         return Response(json.dumps(body), media_type="application/json")  # plain data: no need for FastAPI's encoder
 

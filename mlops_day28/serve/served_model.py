@@ -5,9 +5,11 @@
 # %% ../../nbs/serve/06_served_model.ipynb #b7a607b4
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -22,7 +24,7 @@ from ..data import DataError, InputProfile, load_dataset, split_dataset
 from ..registry import ModelLoadError, ModelRef, load_model, model_metadata, resolve_model_uri
 
 # %% auto #0
-__all__ = ["ServedModel", "input_profile", "load_served_model"]
+__all__ = ["ServedModel", "input_profile", "load_served_model", "ModelBatches"]
 
 # %% ../../nbs/serve/06_served_model.ipynb #b0452146
 _log = logging.getLogger("mlops_day28.serve.app")
@@ -149,3 +151,57 @@ def load_served_model(
         module = load_model(local, flavor="pytorch")
         profile, check = input_profile(ref, cfg, local)
     return ServedModel(module, ref.name, ref.version, uri, profile, check)
+
+
+# %% ../../nbs/serve/06_served_model.ipynb #4d49c179
+class ModelBatches:
+    "Requests waiting for the model in the same turn of the event loop go through it in one call (`least` images or more)."
+
+    def __init__(self, max_images: int = 256, least: int = 4):
+        self.max_images, self.least = max_images, least
+        self.waiting: list = []  # (model, images, future) of the requests waiting for the model's next turn
+        self.due: set = set()  # the event loops on which a turn of the model is scheduled
+
+    async def predict_proba(self, model: ServedModel, X: np.ndarray) -> tuple[np.ndarray, float]:
+        "`model`'s class probabilities for the rows of `X`, and the seconds of the call that gave them."
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if loop not in self.due:  # after the requests already ready to run in this turn of the loop
+            self.due.add(loop)
+            loop.call_soon(self._run, loop)
+        self.waiting.append((model, X, future))
+        return await future
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.due.discard(loop)
+        mine = [w for w in self.waiting if w[2].get_loop() is loop]  # (a test may run several loops in turn)
+        self.waiting = [w for w in self.waiting if w[2].get_loop() is not loop]
+        waiting = [w for w in mine if not w[2].done()]  # done: cancelled meanwhile
+        while waiting:
+            model, batch, rest, n = waiting[0][0], waiting[:1], [], len(waiting[0][1])
+            for w in waiting[1:]:  # the same model (a reload may swap it meanwhile), up to `max_images`
+                if w[0] is model and n + len(w[1]) <= self.max_images:
+                    batch.append(w)
+                    n += len(w[1])
+                else:
+                    rest.append(w)
+            waiting = rest
+            for call in [batch] if n >= self.least else [[w] for w in batch]:
+                self._call(model, call)
+
+    @staticmethod
+    def _call(model: ServedModel, call: list) -> None:
+        try:
+            start = time.perf_counter()
+            probs = model.predict_proba(call[0][1] if len(call) == 1 else np.concatenate([w[1] for w in call]))
+            took = time.perf_counter() - start
+        except Exception as e:  # each request fails as it would alone
+            for _, _, future in call:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        at = 0
+        for _, X, future in call:
+            if not future.done():
+                future.set_result((probs[at : at + len(X)], took))
+            at += len(X)

@@ -19,7 +19,7 @@ from .feedback_store import FeedbackStore
 from .metrics import ServiceMetrics
 from .payloads import feedback_refusal, feedback_request, json_refusal, parse_images, predict_request
 from .reload import AliasFollower, followed_alias, incompatibility
-from .served_model import ServedModel, load_served_model
+from .served_model import ModelBatches, ServedModel, load_served_model
 
 # %% auto #0
 __all__ = [
@@ -101,9 +101,11 @@ class ServiceState:
     follower: AliasFollower | None = None  # keeps `serving` on the version the alias names; None: nothing to follow
     own_store: bool = False  # the store was made for this service, and closes with it
     class_counters: list = field(init=False, repr=False)  # model_class_predictions_total, one child per class
+    batches: ModelBatches = field(init=False, repr=False)  # the requests that wait for the model together
 
     def __post_init__(self):
         self.class_counters = [self.metrics.classes.labels(predicted_class=c) for c in self.api.class_names]
+        self.batches = ModelBatches(max_images=self.settings.max_batch)
 
 
 # %% ../../nbs/serve/09_state.ipynb #66c31bc2
@@ -156,6 +158,7 @@ def build_service_state(
     api = ServiceAPI.for_profile(model.profile, s.max_batch)
     state = ServiceState(s, api, serving, store, metrics, own_store=own_store)
     metrics.serving(serving.now[0])
+    metrics.before_scrape.append(lambda: metrics.drift.set(serving.now[1].psi()))  # the images still queued count
     state.follower = alias_follower(state, model.uri, cfg, optimize)
     return state
 
