@@ -29,7 +29,7 @@ from mlops_day28.config import (
 from ..data import load_csv_dataset, load_dataset
 from ..pipeline import CONFIG_PATH_TAG
 from ..reliability.coordination import HOST_TAG, PID_TAG
-from .tasks import NotebookNotDeclared, Result, Task, current_notebook, learner_variable
+from .tasks import NotebookNotDeclared, Result, Task, close_to, current_notebook, learner_variable
 
 # %% auto #0
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "script_calls",
     "script_runs",
     "digits_shape",
-    "close_to",
     "checklist",
     "CHALLENGER",
     "CHAMPION",
@@ -485,15 +484,6 @@ q5 = Task(
     "Write scikit-learn's wine data to my_wine.csv (a 'label' column), point data.dataset_path at it, set "
     "model.num_classes: 3 and model.architecture: mlp, then mlops-train --config my_data.yaml.",
 )
-
-
-# %% ../../nbs/workbook/04_checks_pipeline.ipynb #ac87151d
-def close_to(answer, value: float, tolerance: float = 0.0051) -> bool:
-    "Whether the learner's `answer` is `value` as a number, to two decimals or better."
-    try:
-        return abs(float(answer) - value) <= tolerance
-    except (TypeError, ValueError):
-        return False
 
 
 # %% ../../nbs/workbook/04_checks_pipeline.ipynb #8fffabb2

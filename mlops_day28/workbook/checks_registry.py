@@ -13,11 +13,10 @@ import numpy as np
 
 from mlops_day28.workbook.tasks import (
     NotebookNotDeclared,
-    OutsideNotebook,
     Result,
     Task,
+    cell_that_set,
     has_variable,
-    learner_cell,
     learner_variable,
     setup_mlflow,
     your_folder,
@@ -290,15 +289,6 @@ def champion_scores(X: np.ndarray) -> np.ndarray:
     return np.asarray(mlflow.pyfunc.load_model(f"models:/{MY_MODEL}@{ALIAS}").predict(X))
 
 
-# %% ../../nbs/workbook/03_checks_registry.ipynb #75c839ba
-def _cell(name: str) -> str | None:
-    "The learner's cell that set `name`, or None (also outside a notebook: `mlops-check` cannot read it)."
-    try:
-        return learner_cell(name)
-    except OutsideNotebook:
-        return None
-
-
 # %% ../../nbs/workbook/03_checks_registry.ipynb #d56a68f1
 def _q4() -> Iterator[Result]:
     yield (stored := has_variable(PREDICTIONS, f"`{PREDICTIONS}` holds your predictions"))
@@ -322,7 +312,7 @@ def _q4() -> Iterator[Result]:
         f"they are what models:/{MY_MODEL}@{ALIAS} (now v{champ}) predicts",
         f'load mlflow.pyfunc.load_model(f"models:/{{MY_MODEL}}@{ALIAS}") after moving the alias, and predict test.X',
     )
-    cell = _cell(PREDICTIONS)
+    cell = cell_that_set(PREDICTIONS)
     if cell is not None:
         yield Result(
             "@" in cell,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import mlops_day28.workbook.tasks as tasks
 
-from .tasks import Result, Task, run_id_variable, your_runs
+from .tasks import Result, Task, close_to, run_id_variable, your_runs
 
 # %% auto #0
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "children_of",
     "your_grid",
     "later_children",
-    "close_to",
     "checklist",
     "best_config",
     "current_notebook",
@@ -330,15 +329,6 @@ q3 = Task(
     "mlflow.search_runs(filter_string=f\"tags.mlflow.parentRunId = '{parent_id}'\", "
     'order_by=["metrics.val_accuracy DESC"], max_results=1).iloc[0]["run_id"].',
 )
-
-
-# %% ../../nbs/workbook/05_checks_sweep.ipynb #ca99e414
-def close_to(answer, value: float, tolerance: float = 0.0051) -> bool:
-    "Whether the learner's `answer` is `value` as a number, to two decimals or better."
-    try:
-        return abs(float(answer) - value) <= tolerance
-    except (TypeError, ValueError):
-        return False
 
 
 # %% ../../nbs/workbook/05_checks_sweep.ipynb #ac67b8f3

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 from mlops_day28.workbook.tasks import (
-    OutsideNotebook,
     Result,
     Task,
+    cell_that_set,
     current_notebook,
-    learner_cell,
     learner_variable,
     run_id_variable,
     your_runs,
@@ -232,15 +231,6 @@ def _this_notebooks_runs():
     return your_runs(filter_string=f"tags.`mlflow.source.name` = '{current_notebook()}'")
 
 
-# %% ../../nbs/workbook/02_checks_tracking.ipynb #1208ce5c
-def _cell(name: str) -> str | None:
-    "The learner's cell that set `name`, or None (also outside a notebook: `mlops-check` cannot read it)."
-    try:
-        return learner_cell(name)
-    except OutsideNotebook:
-        return None
-
-
 # %% ../../nbs/workbook/02_checks_tracking.ipynb #43302c33
 def _q2():
     best_id = yield from run_id_variable("best_run_id")
@@ -271,7 +261,7 @@ def _q2():
         f"it has this notebook's highest val_accuracy ({scored[best_id]:.4f}; the best is {top:.4f})",
         'order_by=["metrics.val_accuracy DESC"] puts the best first',
     )
-    cell = _cell("best_run_id")
+    cell = cell_that_set("best_run_id")
     if cell and "search_runs" in cell:
         ordered = re.search(r"val_accuracy['\"\s]*(DESC\b|,\s*ascending\s*=\s*False)|idxmax|nlargest", cell, re.I)
         yield Result(

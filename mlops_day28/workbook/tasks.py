@@ -36,6 +36,8 @@ __all__ = [
     "file_result",
     "run_id_variable",
     "learner_cell",
+    "cell_that_set",
+    "close_to",
 ]
 
 # %% ../../nbs/workbook/01_tasks.ipynb #e7a10007
@@ -296,3 +298,21 @@ def learner_cell(name: str) -> str | None:
     learner_variable("In")  # IPython's list of the cells run, in order
     assigns = re.compile(rf"^[ \t]*(?:[\w, ]+,\s*)?{re.escape(name)}\s*(?::[^=\n]*)?=(?!=)", re.M)
     return next((src for src in reversed(learner_variable("In")) if assigns.search(src)), None)
+
+
+# %% ../../nbs/workbook/01_tasks.ipynb #a26e1cac
+def cell_that_set(name: str) -> str | None:
+    "`learner_cell(name)`, or None outside a notebook (`mlops-check` cannot read the learner's cells)."
+    try:
+        return learner_cell(name)
+    except OutsideNotebook:
+        return None
+
+
+# %% ../../nbs/workbook/01_tasks.ipynb #7772ad1f
+def close_to(answer, value: float, tolerance: float = 0.0051) -> bool:
+    "Whether the learner's `answer` is `value` as a number, to two decimals or better."
+    try:
+        return abs(float(answer) - value) <= tolerance
+    except (TypeError, ValueError):
+        return False
