@@ -49,6 +49,7 @@ __all__ = [
     "TORCHVISION_ARCHITECTURES",
     "MlopsError",
     "InputError",
+    "TrackingServerLost",
     "one_line",
     "report",
     "failing_as",
@@ -90,6 +91,11 @@ class InputError(MlopsError, ValueError):
     "Bad input, found before anything was started or changed (a config, an argument, data, a model URI): exit code 2."
 
     exit_code = 2
+
+
+# %% ../nbs/core/01_config.ipynb #dc46b03f
+class TrackingServerLost(MlopsError):
+    "The tracking server stopped answering, or could not store data, while a command ran (exit code 1)."
 
 
 # %% ../nbs/core/01_config.ipynb #a7649ae3

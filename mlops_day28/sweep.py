@@ -6,16 +6,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib
 import itertools
 import json
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -29,22 +26,25 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from mlops_day28.reliability.guard import (
-    HOST_TAG,
-    PID_TAG,
-    Terminated,
+from mlops_day28.config import (
+    Config,
+    InputError,
+    MlopsError,
     TrackingServerLost,
-    describe_failure,
-    end_run,
+    config_from_dict,
+    flatten_config,
+    with_values,
+)
+from mlops_day28.reliability.guard import (
+    claim_run,
+    die_with_parent,
     ensure_experiment,
     guarded_run,
     heartbeat,
-    owner_tags,
-    presumed_dead,
-    server_lock,
+    live_owner,
+    stop_workers,
 )
 
-from .config import Config, InputError, MlopsError, config_from_dict, flatten_config, with_values
 from .tracking import MLflowEpochLogger, git_tags, plot_heatmaps, plot_parallel_coordinates
 from .training import prepare_training, progress_bar
 
@@ -61,8 +61,6 @@ __all__ = [
     "run_trial",
     "mp_context",
     "sweep_children",
-    "die_with_parent",
-    "stop_workers",
     "abandon_dead_trials",
     "SweepError",
     "find_sweep",
@@ -199,57 +197,49 @@ def _no_run_links():
 
 # %% ../nbs/core/08_sweep.ipynb #1d6de1c9
 def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, report, on_start) -> TrialResult:
-    client = MlflowClient()
-    run = client.create_run(
-        experiment_id,
-        run_name=(tags or {}).pop("run_name", None) or trial_run_name(values),
-        tags={
-            "mlflow.parentRunId": parent_run_id,
-            "sweep.trial_key": trial_key(values),
-            **owner_tags(),  # the worker that runs it: a resumed sweep leaves it alone while it lives
-            **(tags or {}),
-        },
-    )
-    rid = run.info.run_id
-    try:
-        if on_start:
-            on_start(rid)
-        cfg = with_values(config_from_dict(cfg_data, source), values)
-        client.log_batch(
-            rid, params=[Param(k, str(v)) for k, v in flatten_config(cfg).items() if not k.startswith("sweep.")]
-        )
-        job = prepare_training(cfg)
-        with heartbeat(rid), MLflowEpochLogger(run_id=rid) as logger:
-            hist = job.fit(callbacks=[logger, *([report] if report else [])], progress=False)
-        best, now = hist.best, int(time.time() * 1000)
-        client.log_batch(
-            rid,
-            metrics=[
-                Metric("final_val_accuracy", best["val_accuracy"], now, 0),
-                Metric("final_val_loss", best["val_loss"], now, 0),
-                Metric("best_epoch", hist.best_epoch, now, 0),
-            ],
-            tags=[RunTag("sweep.state", "complete")],
-        )
-        client.set_terminated(rid, "FINISHED")
-        return TrialResult(values, rid, "complete", best["val_accuracy"], best["val_loss"])
-    except optuna.TrialPruned:
-        client.set_tag(rid, "sweep.state", "pruned")
-        client.set_terminated(rid, "FINISHED")
+    client, tags, rid, pruned = MlflowClient(), dict(tags or {}), None, None
+    name = tags.pop("run_name", None) or trial_run_name(values)
+    tags = {"sweep.trial_key": trial_key(values), **tags}
+    try:  # a child run owned by this worker: a resumed sweep leaves it alone while it lives
+        with guarded_run(
+            "the trial", parent_run_id=parent_run_id, experiment_id=experiment_id, run_name=name, tags=tags, beat=True
+        ) as run:  # KILLED on Ctrl-C or SIGTERM, FAILED (and why) on an error, FINISHED otherwise
+            rid = run.info.run_id
+            if on_start:
+                on_start(rid)
+            cfg = with_values(config_from_dict(cfg_data, source), values)
+            client.log_batch(
+                rid, params=[Param(k, str(v)) for k, v in flatten_config(cfg).items() if not k.startswith("sweep.")]
+            )
+            job = prepare_training(cfg)
+            try:
+                with MLflowEpochLogger(run_id=rid) as logger:
+                    hist = job.fit(callbacks=[logger, *([report] if report else [])], progress=False)
+            except optuna.TrialPruned as e:  # Optuna stopped it early: a finished run, marked pruned
+                client.set_tag(rid, "sweep.state", "pruned")
+                pruned = e
+            else:
+                best, now = hist.best, int(time.time() * 1000)
+                client.log_batch(
+                    rid,
+                    metrics=[
+                        Metric("final_val_accuracy", best["val_accuracy"], now, 0),
+                        Metric("final_val_loss", best["val_loss"], now, 0),
+                        Metric("best_epoch", hist.best_epoch, now, 0),
+                    ],
+                    tags=[RunTag("sweep.state", "complete")],
+                )
+    except TrackingServerLost:  # the server, not the trial, failed: stop the sweep; finished trials are kept
         raise
     except Exception as e:
-        cause = describe_failure(e, client.tracking_uri)
-        if cause:  # the server, not the trial, failed: stop the sweep rather than fail every trial after it
-            end_run(rid, "FAILED", f"trial failed: {cause}")
-            raise TrackingServerLost(f"the sweep stopped: {cause}; finished trials are kept") from e
-        error = f"{type(e).__name__}: {e}"
-        client.set_tag(rid, "sweep.state", "failed")
-        client.set_tag(rid, "error", error[:5000])
-        client.set_terminated(rid, "FAILED")
+        if rid is None:  # the run could not even be created
+            raise
+        error = f"{type(e).__name__}: {e}"  # the trial failed (FAILED, and why): the sweep goes on
+        client.log_batch(rid, tags=[RunTag("sweep.state", "failed"), RunTag("error", error[:5000])])
         return TrialResult(values, rid, "failed", error=error)
-    except BaseException as e:  # Ctrl-C, SIGTERM, or the sweep's process dying (see `die_with_parent`)
-        end_run(rid, "KILLED", f"trial interrupted ({e or type(e).__name__})")
-        raise
+    if pruned:
+        raise pruned
+    return TrialResult(values, rid, "complete", best["val_accuracy"], best["val_loss"])
 
 
 # %% ../nbs/core/08_sweep.ipynb #c7a10002
@@ -271,40 +261,6 @@ def sweep_children(parent_run_id: str) -> list:
     )
 
 
-# %% ../nbs/core/08_sweep.ipynb #fceed192
-def die_with_parent(parent_pid: int) -> None:
-    "In a worker process: end with SIGTERM (its trial marked KILLED) when `parent_pid` dies; then exit."
-
-    def terminated(signum, frame):
-        raise Terminated(f"the sweep's process {parent_pid} ended")
-
-    signal.signal(signal.SIGTERM, terminated)
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-    def watch():  # everywhere, and after the SIGTERM: leave once the parent is gone
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        time.sleep(5.0)  # time for the trial to record KILLED
-        os._exit(143)
-
-    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
-
-
-# %% ../nbs/core/08_sweep.ipynb #fbe973bc
-def stop_workers(processes: list, timeout: float = 15.0) -> None:
-    "SIGTERM worker processes (each ends its trial as KILLED); SIGKILL those still running after `timeout` s."
-    for p in processes:
-        with contextlib.suppress(Exception):
-            p.terminate()
-    deadline = time.monotonic() + timeout
-    for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-
-
 # %% ../nbs/core/08_sweep.ipynb #524ee1f0
 def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]:
     "Close and delete every child that did not complete and whose worker is provably dead; their points run again."
@@ -312,11 +268,11 @@ def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]
         c for c in children if not (c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete")
     ]
     deadline = time.monotonic() + wait
-    while any(c.info.status == "RUNNING" and not presumed_dead(c.data.tags) for c in unfinished):
+    while any(c.info.status == "RUNNING" and live_owner(c.data.tags) for c in unfinished):
         if time.monotonic() > deadline:  # a live worker of this sweep: never touch its trial
-            live = [c.data.tags.get(PID_TAG) for c in unfinished if not presumed_dead(c.data.tags)]
+            live = sorted({live_owner(c.data.tags) for c in unfinished} - {None})
             raise MlopsError(
-                f"trials of this sweep are still running in processes {', '.join(live)}; "
+                f"trials of this sweep are still running ({'; '.join(live)}); "
                 "wait for them to end, or stop them, then run the sweep again"
             )
         time.sleep(0.5)  # workers of a sweep that just died are ending (die_with_parent)
@@ -362,28 +318,33 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
     "Claim the sweep's name: create its parent run, or take over a dead one to resume. Returns (parent, experiment, resumed)."
     client, name, digest = MlflowClient(), cfg.sweep.name, _config_digest(cfg)
     exp_id = ensure_experiment(cfg.experiment_name)
-    with server_lock(f"sweep.{exp_id}.{name}"):  # find-or-create is atomic: one parent per name, ever
+
+    def found():  # the sweep of this name, if there is one: it must be this sweep
         parent_id = find_sweep(name, cfg.experiment_name)
-        if parent_id:
-            parent = client.get_run(parent_id)
-            tags = parent.data.tags
-            if tags.get("sweep.strategy") != strategy or tags.get("sweep.config_digest") != digest:
-                raise SweepError(
-                    f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
-                    f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
-                    f"results: set another sweep.name (e.g. --set sweep.name={name}_2)"
-                )
-            if parent.info.status == "RUNNING" and not presumed_dead(tags):
-                raise SweepError(
-                    f"sweep {name!r} is running now (pid {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, '?')}); "
-                    "refusing to start a second one of the same name: wait for it to finish (this command then "
-                    f"resumes it), or set another sweep.name (e.g. --set sweep.name={name}_2)"
-                )
-            client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])  # ours now
-            client.update_run(parent_id, status="RUNNING")
-            abandon_dead_trials(sweep_children(parent_id), client)
-            return parent_id, exp_id, True
-        return new_parent_run(cfg, exp_id, strategy, owner_tags()), exp_id, False
+        if parent_id is None:
+            return None
+        parent = client.get_run(parent_id)
+        tags = parent.data.tags
+        if tags.get("sweep.strategy") != strategy or tags.get("sweep.config_digest") != digest:
+            raise SweepError(
+                f"sweep {name!r} exists in {cfg.experiment_name!r} with a different "
+                f"{'strategy' if tags.get('sweep.strategy') != strategy else 'config'}; resuming it would mix "
+                f"results: set another sweep.name (e.g. --set sweep.name={name}_2)"
+            )
+        return parent
+
+    def busy(owner: str) -> SweepError:
+        return SweepError(
+            f"sweep {name!r} is running now ({owner}); refusing to start a second one of the same name: wait for it "
+            f"to finish (this command then resumes it), or set another sweep.name (e.g. --set sweep.name={name}_2)"
+        )
+
+    parent_id, resumed = claim_run(
+        f"sweep.{exp_id}.{name}", found, lambda tags: new_parent_run(cfg, exp_id, strategy, tags), busy
+    )
+    if resumed:  # ours now: the trials its dead workers left unfinished run again
+        abandon_dead_trials(sweep_children(parent_id), client)
+    return parent_id, exp_id, resumed
 
 
 # %% ../nbs/core/08_sweep.ipynb #1ac00162

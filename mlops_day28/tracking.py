@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import Config, find_project_root
 from .data import Dataset, DataSplits, InputProfile
-from .reliability.guard import guarded_run, keep_unsent
+from .reliability.guard import guarded_run
 from .training import EpochCallback, History, TrainingJob, predict_proba, prepare_training
 
 # %% auto #0
@@ -246,8 +246,8 @@ class MLflowEpochLogger:
         if self._pending:
             try:
                 MlflowClient().log_batch(self.run_id, metrics=self._pending)
-            except Exception:
-                keep_unsent(self.run_id, self._pending)  # sent when the run is ended, or journalled: nothing is lost
+            except Exception as e:
+                e.unsent = (self.run_id, self._pending)  # the run's guard sends them as it ends it, or journals them
                 self._pending = []
                 raise
             self.calls, self._pending = self.calls + 1, []

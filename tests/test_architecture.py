@@ -95,6 +95,40 @@ def test_the_core_enters_the_reliability_layer_through_its_seam(graph):
     assert not any(bad.values()), {m: i for m, i in bad.items() if i}
 
 
+# What each core module takes from the seam, by name (nbs/reliability/04_guard's last table says why): a run
+# that always ends, and for the two that work beside other processes (the gate's compare-and-set; a sweep's
+# claimed name, its workers and their proof of life) a few things more. Growing it is a decision, not a drift.
+SEAM = {
+    "tracking": {"guarded_run"},
+    "pipeline": {"guarded_run"},
+    "registry": {"guarded_run", "server_lock", "quick_http", "check_tracking_server"},
+    "sweep": {
+        "guarded_run",
+        "claim_run",
+        "ensure_experiment",
+        "live_owner",
+        "heartbeat",
+        "die_with_parent",
+        "stop_workers",
+    },
+}
+
+
+def names_from_guard(path: Path) -> set[str]:
+    "The names `path` imports from `reliability.guard`, anywhere in it."
+    return {
+        a.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("reliability.guard")
+        for a in node.names
+    }
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_what_the_core_takes_from_the_seam(module):
+    assert names_from_guard(PKG / f"{module}.py") == SEAM.get(module, set())
+
+
 def test_the_reliability_layer_imports_no_core_module_above_config(graph):
     "Reliability sits under the core: it may use the config's errors, nothing that trains, tracks or serves."
     allowed = {"mlops_day28.config"}

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from mlops_day28.reliability.guard import (
     Terminated,
-    TrackingServerLost,
     describe_failure,
     ensure_experiment,
     env_set,
     journal_dir,
 )
 
-from ..config import one_line
+from ..config import TrackingServerLost, one_line
 from .coordination import HOST_TAG, PID_TAG, owner_alive
 from .local_server import ensure_tracking_server
 

@@ -34,9 +34,9 @@ from mlops_day28.sweep import (
     trial_run_name,
 )
 
-from ..config import Config, InputError, MlopsError, one_line
+from ..config import Config, InputError, MlopsError, TrackingServerLost, one_line
 from ..reliability.coordination import server_lock
-from ..reliability.guard import TrackingServerLost, describe_failure, ensure_experiment, env_set
+from ..reliability.guard import describe_failure, ensure_experiment, env_set
 
 # %% auto #0
 __all__ = [
