@@ -22,7 +22,9 @@ and `pytest_configure` stops a loadgroup session (one line) where the rewrite wo
 One MLflow server serves each test process: it is started on a free port in a temporary
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
 (so kernels inherit it), and stopped by process id at the end. With `pytest -n 2` each
-worker has its own. Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
+worker has its own. A SIGTERM to a pytest process (CI's time limit, `kill PID`) ends its session as Ctrl-C
+does (`_interrupt`), so `pytest_sessionfinish` still stops these servers and removes their folders
+(tests/test_session_cleanup.py). Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
 already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own: in a
 temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
 
@@ -34,7 +36,9 @@ same project: whichever comes second says who runs, in one line, and exits with 
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 import pytest
 
@@ -82,12 +86,27 @@ def loadgroup_works() -> bool:
         return False
 
 
+def _interrupt(signum, frame):
+    "SIGTERM ends the session as Ctrl-C does: pytest_sessionfinish still stops its servers and removes their folders."
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the test session stops, its servers with it")
+
+
 def pytest_configure(config):
     if config.getoption("dist", None) == "loadgroup" and not loadgroup_works():  # None: without xdist (-p no:xdist)
         raise pytest.UsageError(
             f"--dist loadgroup cannot group tests under pytest {pytest.__version__} (xdist's group is lost, so a"
             " notebook's cells would be spread over processes): install constraints.txt's pytest (make install)"
         )
+    # In every pytest process (xdist's controller and its workers), unless something else already handles SIGTERM.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+        config._mlops_sigterm = True
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_mlops_sigterm", False) and signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # Slow tests that `make test` leaves to `make test-all`, for their cost alone (see the docstring).
