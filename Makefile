@@ -56,7 +56,9 @@ workbook: install ## run every exercise notebook against the local MLflow server
 	@$(BIN)/mlops-check-config $(CONFIG)
 	MLOPS_CONFIG=$(CONFIG) $(BIN)/python tools/run_workbook.py
 
-PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# --dist loadgroup: each file is one unit of work on one process, the exercise notebooks one unit together
+# (their `xdist_group` marks: conftest.py); --no-loadscope-reorder keeps conftest.py's longest-first order.
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: install lint ## before a commit: lint, the tests in tests/ and every notebook (nbval), but not the costly ones
 	$(PYTEST) -m "not costly"
@@ -65,7 +67,7 @@ test-all: install lint ## everything, as CI runs it: make test and the costly te
 	$(PYTEST)
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not notebook and not server and not slow"
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -m "not notebook and not server and not slow"
 
 lint: install ## ruff: lint and formatting of the package, tests, tools and benchmarks
 	$(BIN)/ruff check $(LINTED)

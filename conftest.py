@@ -9,19 +9,22 @@ Tiers. Every test is marked by what it needs, so `make test-fast` can leave the 
   that (marked here, from `_COSTLY`): the injected faults, the team and scale tests, the learner
   edition executed whole. `.ci/run` runs `make test-all`: every test passes in CI.
 
-Scheduling (`pytest -n 3 --dist loadfile --no-loadscope-reorder`): each file is one unit of
-work, sent whole to one process, longest first (`_FIRST`); the six exercise notebooks are one
-unit together, run in order on one server as `make workbook` runs them, followed by
-tests/test_workbook_ticks.py, which asks `mlops-check` about what they left there. The unit is
-chosen in pytest-xdist's hook `pytest_xdist_make_scheduler`, by overriding its scheduler's
-`_split_scope`: `--dist loadgroup` with `xdist_group` marks would be the public way, but with
-pytest 9.2 xdist 3.8 cannot give a test its group (it writes `item._nodeid`, which pytest 9.2
-no longer reads: every notebook cell became a unit of its own, run on any process).
+Scheduling (`pytest -n 3 --dist loadgroup --no-loadscope-reorder`): pytest-xdist's public
+grouping. Every test gets one `xdist_group` mark (`pytest_collection_modifyitems`, from `_group`):
+its file, so each file is one unit of work sent whole to one process (a notebook's cells stay in
+one kernel); the six exercise notebooks share one group, run in order on one server as
+`make workbook` runs them, followed by tests/test_workbook_ticks.py, which asks `mlops-check`
+about what they left there. Units are queued in collection order (`--no-loadscope-reorder`),
+sorted here longest first (`_FIRST`, `_cost_rank`). xdist gives a test its group by rewriting
+its id (`item._nodeid`), which pytest 9.2 no longer reads: constraints.txt pins pytest 9.1.1,
+and `pytest_configure` stops a loadgroup session (one line) where the rewrite would be lost.
 
 One MLflow server serves each test process: it is started on a free port in a temporary
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
 (so kernels inherit it), and stopped by process id at the end. With `pytest -n 2` each
-worker has its own. Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
+worker has its own. A SIGTERM to a pytest process (CI's time limit, `kill PID`) ends its session as Ctrl-C
+does (`_interrupt`), so `pytest_sessionfinish` still stops these servers and removes their folders
+(tests/test_session_cleanup.py). Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
 already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own: in a
 temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
 
@@ -33,7 +36,9 @@ same project: whichever comes second says who runs, in one line, and exits with 
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 import pytest
 
@@ -67,17 +72,41 @@ def _group(path: str) -> str:
     return EXERCISES if exercise else path
 
 
-def pytest_xdist_make_scheduler(config, log):
-    "`--dist loadfile`, with the exercise notebooks and the test after them as one unit (see `_group`)."
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
+def loadgroup_works() -> bool:
+    "Whether xdist's `--dist loadgroup` can give a test its group: it sets `item._nodeid`, which `nodeid` must read."
 
-    class ExercisesTogether(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group(nodeid.split("::", 1)[0])
+    class Probe(pytest.Item):
+        def runtest(self): ...
 
-    return ExercisesTogether(config, log)
+    probe = object.__new__(Probe)  # not collected: only the attribute that xdist writes, and the one it reads
+    probe._nodeid = "tests/test_probe.py::test@group"
+    try:
+        return probe.nodeid == probe._nodeid
+    except AttributeError:  # pytest 9.2: `nodeid` reads a structured id that xdist 3.8 does not set
+        return False
+
+
+def _interrupt(signum, frame):
+    "SIGTERM ends the session as Ctrl-C does: pytest_sessionfinish still stops its servers and removes their folders."
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the test session stops, its servers with it")
+
+
+def pytest_configure(config):
+    if config.getoption("dist", None) == "loadgroup" and not loadgroup_works():  # None: without xdist (-p no:xdist)
+        raise pytest.UsageError(
+            f"--dist loadgroup cannot group tests under pytest {pytest.__version__} (xdist's group is lost, so a"
+            " notebook's cells would be spread over processes): install constraints.txt's pytest (make install)"
+        )
+    # In every pytest process (xdist's controller and its workers), unless something else already handles SIGTERM.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+        config._mlops_sigterm = True
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_mlops_sigterm", False) and signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # Slow tests that `make test` leaves to `make test-all`, for their cost alone (see the docstring).
@@ -115,10 +144,11 @@ def _cost_rank(item) -> tuple[int, int, str]:
     return (1, 0, "") if item.path.suffix == ".py" else (2, 0, "")
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks, and before xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
         path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(_group(path)))  # `--dist loadgroup`: one unit of work per group
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.notebook)
         if _needs_server(item):

@@ -1,4 +1,9 @@
-"""Fixtures of tests/ (the session's server and the tiers are in the project's conftest.py)."""
+"""Fixtures of tests/ (the session's server and the tiers are in the project's conftest.py).
+
+The project's paths and the tiny config are constants in tests/paths.py (`from paths import ROOT, TINY_CONFIG`),
+not here: tests use them at import time, and `from conftest import ...` would be ambiguous between this file and
+the project's conftest.py.
+"""
 
 import contextlib
 import os

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlops_day28"
 NBS = ROOT / "nbs"
 # The course's core: one module per thing the learner meets, in the course's order, at the package's top.

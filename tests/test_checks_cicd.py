@@ -8,10 +8,10 @@ champion (a server), so here its pieces run on a model trained in the test: `sav
 import os
 import shutil
 import uuid
-from pathlib import Path
 
 import mlflow  # noqa: F401  first: MLflow's entry point then imports mlops_day28.workbook.tasks whole
 import pytest
+from paths import ROOT, TINY_CONFIG
 
 import mlops_day28.workbook.checks_cicd as cc
 import mlops_day28.workbook.tasks as ex
@@ -34,7 +34,6 @@ from mlops_day28.workbook.checks_cicd import (
     step_changes,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "ml_pipeline.yml"
 STEP_ANCHOR = "      - name: Metrics table to the job summary\n"
 
@@ -76,7 +75,7 @@ def test_a_file_without_tests_or_not_python(folder):
 
 @pytest.mark.slow
 def test_the_model_tests_pass_on_a_trained_model_and_fail_on_an_untrained_one(tmp_path):
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["training.num_epochs=2"])
+    cfg = load_config(TINY_CONFIG, ["training.num_epochs=2"])
     job = prepare_training(cfg)
     job.fit(progress=False)
     files = save_test_inputs(cfg, tmp_path, job.model.state_dict())
@@ -130,7 +129,6 @@ def test_the_checks_leave_nothing_in_the_folder(folder):
     assert os.listdir(folder) == []
 
 
-TINY = ROOT / "configs" / "tiny.yaml"
 ACCURACY_TEST = (  # the course's accuracy test, copied from the plain way: the first wrong answer the issue lists
     "import os, numpy as np, torch\n"
     "def test_model_accuracy_threshold():\n"
@@ -157,7 +155,7 @@ SHAPE_TEST = (
 @pytest.fixture(scope="module")
 def tiny_champion():
     "The tiny config, trained: the weights the checks read as the champion's (no registry needed)."
-    cfg = load_config(TINY)
+    cfg = load_config(TINY_CONFIG)
     job = prepare_training(cfg)
     job.fit(progress=False)
     return job.model.state_dict()
@@ -166,7 +164,7 @@ def tiny_champion():
 @pytest.fixture
 def champion(monkeypatch, tiny_champion):
     "q1 and q4 read the tiny config and its trained weights as the workbook's config and the registry's champion."
-    monkeypatch.setattr(cc, "workbook_config_path", lambda: TINY)
+    monkeypatch.setattr(cc, "workbook_config_path", lambda: TINY_CONFIG)
     monkeypatch.setattr(cc, "_champion_weights", lambda cfg: ("7", tiny_champion))
     return tiny_champion
 
@@ -228,7 +226,7 @@ def test_quotes_number_reads_fractions_and_percentages():
 
 @pytest.mark.slow
 def test_q4_wants_the_worst_digit_and_its_recall(folder, champion, monkeypatch):
-    recall = cc.recall_by_digit(load_config(TINY), champion)
+    recall = cc.recall_by_digit(load_config(TINY_CONFIG), champion)
     worst = min(recall, key=recall.get)
     best = max(recall, key=recall.get)
     answers = {}

@@ -3,10 +3,10 @@
 import shutil
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from paths import ROOT
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -30,7 +30,6 @@ from mlops_day28.workbook.checks_monitoring import (
     your_families,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL_PROMETHEUS_FOR = cm._prometheus_for
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="Prometheus is not installed")
 

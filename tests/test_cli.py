@@ -12,12 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28 import cli
 from mlops_day28.reliability.processes import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(TINY_CONFIG)
 COMMANDS = ["mlflow", "check_config", "train", "sweep", "evaluate", "deploy", "serve"]
 FAULTS = ["bad argument", "bad config", "missing data", "server down"]
 NOT_APPLICABLE = {  # why a command cannot meet a fault

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28 import cli
 from mlops_day28.config import Config, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 BAD_CONFIGS = {
     "training: {learning_rat: 0.01}": "training.learning_rat: unknown key (did you mean 'learning_rate'?)",
@@ -84,7 +83,7 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, capsys, text,
 
 
 def test_shipped_configs_are_valid(capsys):
-    code, out, lines = check(capsys, ROOT / "configs" / "config.yaml", ROOT / "configs" / "tiny.yaml")
+    code, out, lines = check(capsys, ROOT / "configs" / "config.yaml", TINY_CONFIG)
     assert code == 0, lines
     assert out.count(": ok (") == 2
 
@@ -101,7 +100,7 @@ def test_missing_config_file_and_data_are_named(tmp_path, capsys):
 
 def test_one_bad_file_among_good_ones(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("training: {num_epochs: 0}")
-    code, out, lines = check(capsys, ROOT / "configs" / "tiny.yaml", tmp_path / "bad.yaml")
+    code, out, lines = check(capsys, TINY_CONFIG, tmp_path / "bad.yaml")
     assert code == 2 and out.count(": ok (") == 1 and len(lines) == 1
 
 
@@ -110,7 +109,7 @@ def test_the_command_itself(tmp_path):
     "`mlops-check-config` end to end, as `make workbook` runs it."
     (tmp_path / "bad.yaml").write_text("training: {learning_rat: 0.01}")
     exe = Path(sys.executable).parent / "mlops-check-config"
-    ok = subprocess.run([exe, ROOT / "configs" / "tiny.yaml"], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run([exe, TINY_CONFIG], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ": ok (mlp, " in ok.stdout
     bad = subprocess.run([exe, tmp_path / "bad.yaml"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "did you mean 'learning_rate'" in bad.stderr
@@ -238,7 +237,7 @@ def test_a_key_given_twice_is_refused_by_train_too(tmp_path, capsys, monkeypatch
 
 
 def test_a_key_given_twice_in_a_set_value_is_refused(capsys):
-    tiny = ROOT / "configs" / "tiny.yaml"
+    tiny = TINY_CONFIG
     assert cli.train(["--config", str(tiny), "--set", "sweep.grid={seed: [1], seed: [2]}"]) == 2
     assert (
         capsys.readouterr().err
@@ -347,7 +346,7 @@ def test_a_real_difference_in_classes_still_says_how_many(tmp_path, capsys):
 
 
 def test_ok_says_what_data_it_read(capsys):
-    code, out, lines = check(capsys, ROOT / "configs" / "tiny.yaml")
+    code, out, lines = check(capsys, TINY_CONFIG)
     assert code == 0 and lines == []
     assert out == (
         f"{ROOT / 'configs' / 'tiny.yaml'}: ok (mlp, 6 epochs, batch 32, lr 0.003; "

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 
 from mlops_day28 import cli
 from mlops_day28.config import Config, DataConfig, ModelConfig, load_config
 from mlops_day28.data import DataError, find_dataset, load_dataset
 from mlops_day28.models import ResNet18, build_model, count_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "tests" / "data" / "course_config.yaml"  # the course's file, verbatim
 NUM_CLASSES_LINE = "model.num_classes: 2, but data/digits.csv has 10 classes; set it to 10"
 PRETRAINED_LINE = (

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from paths import ROOT
 from PIL import Image
 
 from mlops_day28.config import Config, DataConfig, SplitsConfig
@@ -21,7 +22,6 @@ from mlops_day28.data import (
 )
 from mlops_day28.training import prepare_training
 
-ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "data" / "digits.csv"
 SHEET = (ROOT / "data" / "README.md").read_text()
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28 import cli
 from mlops_day28.config import load_config
 from mlops_day28.registry import model_aliases, register_run_model
 from mlops_day28.tracking import run_tracked_training
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 
 
@@ -26,9 +25,9 @@ def registered(tracking_uri):
     "A registered model with a champion (tiny config) and a weaker challenger (1 epoch)."
     mlflow.set_experiment("tests_evaluate")
     name = f"tests-eval-{uuid.uuid4().hex[:8]}"
-    good = run_tracked_training(load_config(TINY), progress=False)
+    good = run_tracked_training(load_config(TINY_CONFIG), progress=False)
     weak = run_tracked_training(
-        load_config(TINY, ["training.num_epochs=1", "training.learning_rate=0.0001"]), progress=False
+        load_config(TINY_CONFIG, ["training.num_epochs=1", "training.learning_rate=0.0001"]), progress=False
     )
     register_run_model(good.run_id, name, alias="champion")
     register_run_model(weak.run_id, name, alias="challenger")
@@ -38,7 +37,7 @@ def registered(tracking_uri):
 def evaluate_cli(*args):
     "The real `mlops-evaluate` command, in a process of its own, as CI runs it."
     return subprocess.run(
-        [str(BIN / "mlops-evaluate"), "--config", str(TINY), *map(str, args)],
+        [str(BIN / "mlops-evaluate"), "--config", str(TINY_CONFIG), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -56,7 +55,7 @@ class Result:
 @pytest.fixture
 def evaluate(capsys):
     def run(*args):
-        code = cli.evaluate(["--config", str(TINY), *map(str, args)])
+        code = cli.evaluate(["--config", str(TINY_CONFIG), *map(str, args)])
         return Result(code, *capsys.readouterr())
 
     return run
@@ -176,7 +175,7 @@ def test_deploy_registers_and_gates_the_model(registered, tracking_uri, tmp_path
     env = {**os.environ, "DEPLOY_MLFLOW_TRACKING_URI": tracking_uri}
     cfg_copy = tmp_path / "deploy.yaml"  # the tiny config, deploying to a registered model of its own
     cfg_copy.write_text(
-        TINY.read_text().replace("model_name: digits-classifier", f"model_name: {target}")
+        TINY_CONFIG.read_text().replace("model_name: digits-classifier", f"model_name: {target}")
         + f"\ndata:\n  dataset_path: {ROOT / 'data' / 'digits.csv'}\n"
     )
     r = subprocess.run(

@@ -8,13 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from mlops_day28.reliability.processes import HOST, free_port, start_process
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def pip_install_line(**env) -> str:

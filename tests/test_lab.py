@@ -4,15 +4,14 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from mlops_day28.reliability.processes import free_port, http_get, start_process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 LAB_CONFIG = ROOT / "tools" / "jupyter_config"
 QUIETED = {"@jupyter/nbgrader", "@jupyterlab/apputils-extension:announcements"}
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "learner.py"
 spec = importlib.util.spec_from_file_location("learner", SCRIPT)
 learner = importlib.util.module_from_spec(spec)

@@ -11,13 +11,12 @@ import importlib.util
 import re
 import shutil
 import uuid
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("learner", ROOT / "tools" / "learner.py")
 learner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(learner)

@@ -4,23 +4,20 @@ The trained model comes from a fixture that trains the tiny config once per sess
 never from a file that may not exist. The bars come from the config's `model_tests`.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from paths import TINY_CONFIG
 
 from mlops_day28.config import load_config
 from mlops_day28.evaluate import data_problems, overfit_one_batch, prediction_flip_rate, single_sample_latency
 from mlops_day28.models import ARCHITECTURES, build_model
 from mlops_day28.training import prepare_training
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def cfg():
-    return load_config(ROOT / "configs" / "tiny.yaml")
+    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")

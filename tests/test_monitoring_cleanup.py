@@ -22,10 +22,10 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from paths import ROOT
 
 from mlops_day28.reliability.processes import port_is_open
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 RECORD = """

@@ -5,11 +5,10 @@ import re
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
     ".".join(p.relative_to(ROOT / "mlops_day28").with_suffix("").parts)
     for p in (ROOT / "mlops_day28").rglob("[a-z]*.py")

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from paths import ROOT, TINY_CONFIG
 
 import mlops_day28
 from mlops_day28 import cli
@@ -18,8 +19,6 @@ from mlops_day28.pipeline import train_pipeline
 from mlops_day28.registry import model_aliases
 from mlops_day28.training import TrainingJob
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
 MLOPS_TRAIN = str(Path(sys.executable).parent / "mlops-train")
 EXPERIMENT = "tests_pipeline"
 
@@ -66,7 +65,7 @@ def test_image_model_on_tabular_data_is_refused_before_the_run(local_mlflow, tmp
 
 def test_same_config_twice_gives_identical_test_metrics(local_mlflow):
     cfg = load_config(
-        TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
+        TINY_CONFIG, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
     )
     first = train_pipeline(cfg, run_name="repro_1", progress=False)
     second = train_pipeline(cfg, run_name="repro_2", progress=False)
@@ -78,7 +77,7 @@ def test_same_config_twice_gives_identical_test_metrics(local_mlflow):
 
 def test_run_records_what_reproduces_it(local_mlflow):
     cfg = load_config(
-        TINY, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
+        TINY_CONFIG, [f"experiment_name={EXPERIMENT}", "registry.register_challenger=false", "tracking.log_model=false"]
     )
     result = train_pipeline(cfg, run_name="recorded", progress=False)
     run = MlflowClient().get_run(result["run_id"])
@@ -100,7 +99,15 @@ def test_failure_after_the_run_started_marks_it_failed_and_exits_1(local_mlflow,
 
     monkeypatch.setattr(TrainingJob, "fit", broken_fit)
     code = cli.train(
-        ["--config", str(TINY), "--set", f"experiment_name={EXPERIMENT}", "--run-name", "crashes", "--no-progress"]
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--set",
+            f"experiment_name={EXPERIMENT}",
+            "--run-name",
+            "crashes",
+            "--no-progress",
+        ]
     )
     assert code == 1
     err = capsys.readouterr().err
@@ -117,7 +124,7 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(local_mlflow,
     name = f"tests-{uuid.uuid4().hex[:8]}"
     args = [
         "--config",
-        TINY,
+        TINY_CONFIG,
         "--set",
         f"experiment_name={EXPERIMENT}",
         "--set",
@@ -177,7 +184,13 @@ def test_cli_registers_challenger_and_gate_keeps_an_equal_champion(local_mlflow,
 
 def test_pretrained_without_a_champion_exits_2(local_mlflow, capsys):
     code, _, err = train_here(
-        capsys, "--config", TINY, "--set", "model.pretrained=true", "--set", "registry.model_name=never-registered"
+        capsys,
+        "--config",
+        TINY_CONFIG,
+        "--set",
+        "model.pretrained=true",
+        "--set",
+        "registry.model_name=never-registered",
     )
     assert code == 2
     assert "model.pretrained: no registered model 'never-registered'" in err

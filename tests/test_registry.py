@@ -1,12 +1,12 @@
 """Registry helpers: errors that name what exists, and a failed promotion that changes nothing."""
 
 import uuid
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from paths import TINY_CONFIG
 
 from mlops_day28 import registry
 from mlops_day28.config import load_config
@@ -22,13 +22,11 @@ from mlops_day28.registry import (
 )
 from mlops_day28.tracking import run_tracked_training
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def two_versions(local_mlflow):
     mlflow.set_experiment("tests_registry")
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["tracking.run_name=registry_test", "training.num_epochs=2"])
+    cfg = load_config(TINY_CONFIG, ["tracking.run_name=registry_test", "training.num_epochs=2"])
     name = f"tests-registry-{uuid.uuid4().hex[:8]}"
     run = run_tracked_training(cfg, progress=False)
     register_run_model(run.run_id, name, alias="champion")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from paths import TINY_CONFIG
 
 from mlops_day28.config import load_config
 from mlops_day28.data import InputProfile
@@ -34,20 +35,18 @@ from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     "`mlops-serve` of the tiny config's model (a folder, as CI exports it), stopped by process id afterwards."
-    job = prepare_training(load_config(TINY))
+    job = prepare_training(load_config(TINY_CONFIG))
     job.fit(progress=False)
     path = tmp_path_factory.mktemp("served") / "model"
     save_torch_model(
         job.model, job.splits.train.X[:5], path, InputProfile.from_training(job.dataset, job.splits.train.X)
     )
-    proc = start_service(TINY, free_port(), model_uri=str(path))
+    proc = start_service(TINY_CONFIG, free_port(), model_uri=str(path))
     try:
         yield proc
     finally:

@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from paths import TINY_CONFIG
 
 from mlops_day28.config import load_config
 from mlops_day28.data import InputProfile
@@ -32,12 +32,10 @@ from mlops_day28.tracking import log_torch_model, save_torch_model
 from mlops_day28.training import prepare_training
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def trained(seed: int = 42):
-    job = prepare_training(load_config(TINY, [f"seed={seed}"]))
+    job = prepare_training(load_config(TINY_CONFIG, [f"seed={seed}"]))
     job.fit(progress=False)
     return job, InputProfile.from_training(job.dataset, job.splits.train.X)
 
@@ -63,7 +61,7 @@ def metric(text: str, name: str) -> float:
 
 def test_two_workers_count_each_prediction_once_and_take_each_feedback_once(model_dir):
     path, X = model_dir
-    service = start_service(TINY, free_port(), model_uri=str(path), args=["--workers", "2"])
+    service = start_service(TINY_CONFIG, free_port(), model_uri=str(path), args=["--workers", "2"])
     prometheus = None
     try:
         n = 120
@@ -109,9 +107,9 @@ def test_two_workers_count_each_prediction_once_and_take_each_feedback_once(mode
 def test_replicas_sharing_a_feedback_store_refuse_a_label_given_to_the_other(model_dir, tmp_path):
     path, X = model_dir
     shared = ["--set", f"serving.feedback_store={tmp_path / 'feedback.db'}"]
-    a = start_service(TINY, free_port(), model_uri=str(path), args=shared)
+    a = start_service(TINY_CONFIG, free_port(), model_uri=str(path), args=shared)
     try:
-        b = start_service(TINY, free_port(), model_uri=str(path), args=shared)
+        b = start_service(TINY_CONFIG, free_port(), model_uri=str(path), args=shared)
         try:
             ids = [
                 p["prediction_id"]
@@ -206,7 +204,7 @@ def test_the_service_follows_its_alias_under_traffic_refuses_a_broken_version_an
     proxy = TcpProxy(tracking_uri)
     env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url}
     args = ["--set", f"serving.reload_every={every}"]
-    service = start_service(TINY, free_port(), model_uri=f"models:/{name}@champion", args=args, env=env)
+    service = start_service(TINY_CONFIG, free_port(), model_uri=f"models:/{name}@champion", args=args, env=env)
     answers, stop = [], threading.Event()
 
     def traffic():

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28.config import load_config
 from mlops_day28.data import InputProfile
@@ -41,9 +42,7 @@ from mlops_day28.serve.served_model import load_served_model
 from mlops_day28.tracking import save_torch_model
 from mlops_day28.training import prepare_training
 
-ROOT = Path(__file__).resolve().parents[1]
 MON = ROOT / "monitoring"
-TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def need(tool):
@@ -57,7 +56,7 @@ def need(tool):
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(TINY)
+    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +393,7 @@ def test_alert_rule_tests_can_fail(tmp_path):
 def test_real_service_scraped_by_a_real_prometheus(cfg, model_dir):
     need("prometheus")
     path, job = model_dir
-    service = start_service(TINY, free_port(), model_uri=str(path))
+    service = start_service(TINY_CONFIG, free_port(), model_uri=str(path))
     prometheus = None
     try:
         prometheus = start_prometheus([service.url.removeprefix("http://")], [MON / "alerts.yml"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28 import cli, sweep
 from mlops_day28.config import load_config
@@ -24,8 +25,6 @@ from mlops_day28.sweep import (
     sweep_children,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
 SMALL_GRID = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32, 64]}'
 STORAGE = ""  # these tests' own Optuna storage, not the project's .mlflow/optuna.db: set below, not at collection
 
@@ -46,7 +45,7 @@ def small(name=None, epochs=2, **sweep_settings):
         f"sweep.storage={STORAGE}",
     ]
     overrides += [f"sweep.{k}={v}" for k, v in sweep_settings.items()]
-    return load_config(TINY, overrides)
+    return load_config(TINY_CONFIG, overrides)
 
 
 def test_parallel_and_sequential_give_the_same_results(local_mlflow):
@@ -118,7 +117,7 @@ def test_a_crash_that_left_a_trial_running_is_cleaned_up_on_resume(local_mlflow)
 
 def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_goes_on(local_mlflow):
     cfg = load_config(
-        TINY,
+        TINY_CONFIG,
         [
             "experiment_name=tests_sweep",
             f"sweep.name=fails_{uuid.uuid4().hex[:8]}",
@@ -188,7 +187,14 @@ def test_tpe_workers_joining_with_worker_run_the_budget_exactly(local_mlflow):
     "Three `mlops-sweep --worker` processes on one TPE sweep: the budget is 5 runs in all, not 5 per worker."
     name = f"tpe_workers_{uuid.uuid4().hex[:8]}"
     cfg = small(name, strategy="tpe")
-    cmd = [str(Path(sys.executable).parent / "mlops-sweep"), "--config", str(TINY), "--worker", "--n-trials", "5"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlops-sweep"),
+        "--config",
+        str(TINY_CONFIG),
+        "--worker",
+        "--n-trials",
+        "5",
+    ]
     cmd += ["--storage", STORAGE, "--no-progress", "--set", "sweep.strategy=tpe", "--set", f"sweep.name={name}"]
     cmd += [
         "--set",
@@ -226,7 +232,7 @@ def test_how_a_sweep_is_run_is_not_part_of_the_config_it_resumes_with():
 
 
 def test_storage_path_is_resolved_in_the_project(tmp_path):
-    cfg = load_config(TINY)
+    cfg = load_config(TINY_CONFIG)
     assert cfg.sweep.storage == "sqlite:///.mlflow/optuna.db"
     assert storage_url(cfg) == f"sqlite:///{ROOT}/.mlflow/optuna.db"
     cfg.sweep.storage = f"sqlite:///{tmp_path}/o.db"
@@ -248,7 +254,7 @@ def test_cli_runs_a_sweep_and_reports_the_best(local_mlflow, capsys):
     name = f"cli_{uuid.uuid4().hex[:8]}"
     args = [
         "--config",
-        TINY,
+        TINY_CONFIG,
         "--set",
         "experiment_name=tests_sweep",
         "--set",
@@ -273,7 +279,7 @@ def test_a_crashed_tpe_worker_is_a_failure_not_bad_input(local_mlflow, monkeypat
 
     monkeypatch.setattr(sweep, "tpe_worker", lambda *args: os._exit(3))  # forked workers inherit the patch
     name = f"crash_{uuid.uuid4().hex[:8]}"
-    args = ["--config", str(TINY), "--strategy", "tpe", "--n-jobs", "2", "--n-trials", "2", "--no-progress"]
+    args = ["--config", str(TINY_CONFIG), "--strategy", "tpe", "--n-jobs", "2", "--n-trials", "2", "--no-progress"]
     overrides = ["experiment_name=tests_sweep", f"sweep.name={name}", f"sweep.storage={STORAGE}"]
     code = cli.sweep([*args, *[x for o in overrides for x in ("--set", o)]])
     err = capsys.readouterr().err.strip().splitlines()
@@ -287,7 +293,7 @@ def test_a_one_value_grid_key_is_the_shared_budget_not_a_searched_key(local_mlfl
     "Names, the parent's params and best_config treat `training.num_epochs: [1]` as every trial's budget."
     grid = '{"training.learning_rate": [0.001, 0.01], "training.batch_size": [32], "training.num_epochs": [1]}'
     cfg = load_config(
-        TINY, ["experiment_name=tests_sweep", f"sweep.name=budget_{uuid.uuid4().hex[:8]}", f"sweep.grid={grid}"]
+        TINY_CONFIG, ["experiment_name=tests_sweep", f"sweep.name=budget_{uuid.uuid4().hex[:8]}", f"sweep.grid={grid}"]
     )
     first = run_grid_sweep(cfg, n_jobs=1, limit=1, progress=False)
     artifacts = {a.path for a in MlflowClient().list_artifacts(first.parent_run_id)}
@@ -313,11 +319,11 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_runs_again(local_m
     name = f"silent_{uuid.uuid4().hex[:8]}"
     sets = [f"sweep.name={name}", "experiment_name=tests_sweep", "training.num_epochs=1", f"sweep.grid={SMALL_GRID}"]
     sets += ["sweep.worker_grace=2", f"sweep.storage={STORAGE}"]
-    _, _, study = join_sweep(load_config(TINY, sets))
+    _, _, study = join_sweep(load_config(TINY_CONFIG, sets))
     with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": here, on purpose
         warnings.simplefilter("ignore", UserWarning)
         claimed = study.ask()  # as a worker killed right after claiming a grid point: RUNNING, no heartbeat, no run
-    cmd = [str(Path(sys.executable).parent / "mlops-sweep"), "--config", str(TINY), "--worker", "--no-progress"]
+    cmd = [str(Path(sys.executable).parent / "mlops-sweep"), "--config", str(TINY_CONFIG), "--worker", "--no-progress"]
     cmd += [a for s in sets for a in ("--set", s)]
     worker = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert worker.returncode == 0, worker.stderr[-3000:]

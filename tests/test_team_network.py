@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 from netns import Machines, netns_unavailable
+from paths import TINY_CONFIG
 
 from mlops_day28.reliability.local_server import mlflow_version_at
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -49,7 +49,6 @@ def machines():
 
 MLFLOW = [str(BIN / "mlops-mlflow")]
 PORT = "5001"
-TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def against(uri: str, *command) -> list[str]:
@@ -84,7 +83,7 @@ def test_a_worker_on_another_machine_trains_against_the_team_server(machines, te
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     train = against(
-        uri, BIN / "mlops-train", "--config", TINY, "--no-progress", "--set", "tracking.run_name=from-worker1"
+        uri, BIN / "mlops-train", "--config", TINY_CONFIG, "--no-progress", "--set", "tracking.run_name=from-worker1"
     )
     trained = machines.run("worker1", train, hostname="worker1", env=env, cwd=str(project))
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
@@ -136,7 +135,9 @@ def test_three_machines_share_one_grid_sweep_and_a_killed_worker_trial_runs_agai
     try:
         storage = started.split("sweep.storage=")[1].split()[0]
         assert f"@{address}:" in storage and ":" in storage.split("@")[0].removeprefix("postgresql://")  # a password
-        sweep = against(uri, BIN / "mlops-sweep", "--config", TINY, "--worker", "--storage", storage, "--no-progress")
+        sweep = against(
+            uri, BIN / "mlops-sweep", "--config", TINY_CONFIG, "--worker", "--storage", storage, "--no-progress"
+        )
         sweep += ["--set", f"sweep.name={name}"]
         sweep += ["--set", "training.num_epochs=15"]  # trials of a few seconds: time to be killed in one
         workers = {}

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from paths import TINY_CONFIG
 
 from mlops_day28.reliability.processes import free_port
 from mlops_day28.team.postgres import postgres_program
 from mlops_day28.team.server import start_team_server, stop_team_server, team_status
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -81,7 +81,7 @@ def test_a_taken_port_or_a_server_already_elsewhere_is_one_line(team, tmp_path):
 def test_training_the_registry_and_the_gate_work_on_it_with_artifacts_on_the_server(team, tmp_path):
     root, server = team
     env = {"MLFLOW_TRACKING_URI": server.uri}
-    run = mlops("mlops-train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--no-progress", env=env)
+    run = mlops("mlops-train", "--config", str(TINY_CONFIG), "--no-progress", env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "gate: promoted to champion" in run.stdout
     import mlflow

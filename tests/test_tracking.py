@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28.config import load_config
 from mlops_day28.tracking import MLflowEpochLogger, run_tracked_training, run_wandb_offline
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_config(ROOT / "configs" / "tiny.yaml")
+    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tools" / "run_workbook.py"
 if "run_workbook" not in sys.modules:  # its worker processes find run_notebook by this name
     spec = importlib.util.spec_from_file_location("run_workbook", RUNNER)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from mlops_day28.workbook import checklist
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = sorted(p.name for p in (ROOT / "nbs" / "exercises").glob("0[1-9]_*.ipynb"))
 
 

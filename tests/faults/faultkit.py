@@ -20,11 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from paths import ROOT, TINY_CONFIG
 
 from mlops_day28.reliability.local_server import start_tracking_server
 from mlops_day28.reliability.processes import free_port, stop_process
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -46,7 +46,7 @@ class Project:
 
     def config(self, name: str = "config", **sections) -> Path:
         "Write configs/`name`.yaml: the tiny config, the bundled data, and `sections` merged in."
-        data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+        data = yaml.safe_load((TINY_CONFIG).read_text())
         data.setdefault("data", {})["dataset_path"] = str(ROOT / "data" / "digits.csv")
         for section, values in sections.items():
             if isinstance(values, dict):

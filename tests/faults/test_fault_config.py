@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from faultkit import ROOT
+from paths import ROOT
 
 from mlops_day28 import cli
 from mlops_day28.config import MAX_CONFIG_BYTES, ConfigError, apply_overrides, load_config

@@ -58,14 +58,14 @@ def test_four_concurrent_pipelines_end_with_the_best_as_champion(project, server
 
 
 def test_the_best_sweep_trial_retrained_by_the_pipeline_gives_identical_metrics(tracking_uri):
-    from faultkit import ROOT
+    from paths import TINY_CONFIG
 
     from mlops_day28.config import load_config, with_values
     from mlops_day28.pipeline import train_pipeline
     from mlops_day28.sweep import run_grid_sweep
 
     cfg = load_config(
-        ROOT / "configs" / "tiny.yaml",
+        TINY_CONFIG,
         [
             "experiment_name=tests_repro",
             f"sweep.name=repro_{uuid.uuid4().hex[:8]}",

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import ROOT, wait_for
+from faultkit import wait_for
+from paths import ROOT
 
 from mlops_day28.config import load_config
 from mlops_day28.data import InputProfile

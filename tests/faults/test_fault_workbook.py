@@ -19,7 +19,8 @@ import sys
 
 import nbformat
 import pytest
-from faultkit import ROOT, error_lines, wait_for
+from faultkit import error_lines, wait_for
+from paths import ROOT
 
 from mlops_day28.reliability.coordination import WORKBOOK_LOCK, ProjectLock
 
