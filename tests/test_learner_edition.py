@@ -5,6 +5,10 @@ errors allowed (as a learner who runs every cell before writing anything), each 
 must answer with a ✗ and a hint: this shows every check able to fail, and that a missing
 answer is never a traceback. The copies run in a folder of their own inside the project, so
 their runs are told apart from the solution edition's on the same server.
+
+Two ways: `make test` runs only the cells that this needs (the set-up section's, the stubs that
+nbgrader's markers left, and the checks), a kernel's start-up and seconds a notebook; `make
+test-all` also runs each notebook whole, training and helpers included (costly, conftest.py).
 """
 
 import importlib.util
@@ -21,10 +25,12 @@ _spec = importlib.util.spec_from_file_location("learner", ROOT / "tools" / "lear
 learner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(learner)
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server]
 
 WITH_TASKS = ["01_tracking", "02_registry", "03_pipeline", "04_sweep", "05_cicd", "06_monitoring"]
 CHECK = re.compile(r"^(q\d+)\.check\(\)", re.M)
+STUB = "raise NotImplementedError()"  # what nbgrader's ClearSolutions puts between the solution markers
+HEADING = re.compile(r"^## (.+)", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +45,30 @@ def _text(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
-@pytest.mark.parametrize("name", WITH_TASKS)
-def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_uri, monkeypatch):
+def setup_cells(nb) -> list:
+    "The code cells a learner runs first: from the top to the end of the `## Set-up` section (the next `## ` heading)."
+    cells, in_setup = [], False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and (heading := HEADING.search(cell.source)):
+            if in_setup:
+                return cells
+            in_setup = heading.group(1).startswith("Set-up")
+        elif cell.cell_type == "code":
+            cells.append(cell)
+    return []  # no set-up section
+
+
+def execute_learner_edition(name: str, folder: Path, quick: bool):
+    "The learner edition of exercise `name`, executed with errors allowed (`quick`: set-up, stubs and checks only)."
     nb, cleared = learner.learner_edition(ROOT / "nbs" / "exercises" / f"{name}.ipynb")
     checks = [c for c in nb.cells if c.cell_type == "code" and CHECK.search(c.source)]
     assert cleared >= 2 and len(checks) >= cleared, (cleared, len(checks))
     nbformat.write(nb, folder / f"{name}.ipynb")
-    monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
+    setup = setup_cells(nb)
+    if quick:
+        assert setup, f"{name}: no `## Set-up` section"
+        chosen = {id(c) for c in setup}
+        nb.cells = [c for c in nb.cells if id(c) in chosen or STUB in c.source or CHECK.search(c.source)]
     NotebookClient(
         nb,
         timeout=600,
@@ -54,7 +77,13 @@ def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(folder)}},
     ).execute()
-    stubs = [c for c in nb.cells if "raise NotImplementedError()" in c.source]
+    return nb, setup, checks
+
+
+def assert_checks_fail_gently(name: str, nb, checks: list) -> None:
+    "Every stub raised; every check answered ✗ with a hint, and none raised."
+    stubs = [c for c in nb.cells if STUB in c.source]
+    assert stubs, f"{name}: no stub"
     assert all(any(o.output_type == "error" for o in c.outputs) for c in stubs), "a stub ran without raising"
     for cell in checks:
         q = CHECK.search(cell.source).group(1)
@@ -63,3 +92,22 @@ def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_
         text = _text(cell)
         assert "✗" in text and "hint:" in text, f"{name} {q}.check() did not fail with a hint:\n{text}"
         assert "Not yet" in text, text
+
+
+@pytest.mark.parametrize("name", WITH_TASKS)
+def test_every_check_fails_gently_from_set_up_stubs_and_checks(name, folder, tracking_uri, monkeypatch):
+    "What a learner sees who runs the set-up, then each task's cell and its check, before writing anything."
+    monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
+    nb, setup, checks = execute_learner_edition(name, folder, quick=True)
+    for cell in setup:
+        errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"{name}: the set-up raised {errors}"
+    assert_checks_fail_gently(name, nb, checks)
+
+
+@pytest.mark.slow  # costly (conftest.py): each exercise trained and served again
+@pytest.mark.parametrize("name", WITH_TASKS)
+def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_uri, monkeypatch):
+    monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
+    nb, _, checks = execute_learner_edition(name, folder, quick=False)
+    assert_checks_fail_gently(name, nb, checks)

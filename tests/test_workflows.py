@@ -120,7 +120,10 @@ def test_pipeline_jobs_triggers_and_permissions():
         checkout = job["steps"][0]
         assert checkout["uses"].startswith("actions/checkout@") and checkout["with"]["persist-credentials"] is False
         python = job["steps"][1]
-        assert python["with"] == {"python-version": "3.11", "cache": "pip", "cache-dependency-path": "constraints.txt"}
+        assert python["with"] == {"python-version": "3.11"}
+        install = job["steps"][2]  # the lock, with PyTorch's CPU build from PyTorch's index (no /opt/wheels there)
+        assert install["run"] == "make install"
+        assert install["env"] == {"TORCH_CPU_WHEELS": "https://download.pytorch.org/whl/cpu/torch/"}
     deploy = jobs["deploy"]
     assert deploy["needs"] == ["test", "train"]
     assert deploy["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
