@@ -16,7 +16,7 @@ one kernel); the six exercise notebooks share one group, run in order on one ser
 `make workbook` runs them, followed by tests/test_workbook_ticks.py, which asks `mlops-check`
 about what they left there. Units are queued in collection order (`--no-loadscope-reorder`),
 sorted here longest first (`_FIRST`, `_cost_rank`). xdist gives a test its group by rewriting
-its id (`item._nodeid`), which pytest 9.2 no longer reads: constraints.txt pins pytest 9.1.1,
+its id (`item._nodeid`), which pytest 9.2 no longer reads: the lock (requirements/dev.txt) pins pytest 9.1.1,
 and `pytest_configure` stops a loadgroup session (one line) where the rewrite would be lost.
 
 One MLflow server serves each test process: it is started on a free port in a temporary
@@ -96,7 +96,7 @@ def pytest_configure(config):
     if config.getoption("dist", None) == "loadgroup" and not loadgroup_works():  # None: without xdist (-p no:xdist)
         raise pytest.UsageError(
             f"--dist loadgroup cannot group tests under pytest {pytest.__version__} (xdist's group is lost, so a"
-            " notebook's cells would be spread over processes): install constraints.txt's pytest (make install)"
+            " notebook's cells would be spread over processes): install the locked pytest (make install)"
         )
     # In every pytest process (xdist's controller and its workers), unless something else already handles SIGTERM.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

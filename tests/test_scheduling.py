@@ -93,5 +93,5 @@ def test_a_loadgroup_session_stops_where_the_groups_would_be_lost(monkeypatch):
 
 
 def test_the_installed_pytest_keeps_xdist_groups():
-    "constraints.txt pins a pytest whose `nodeid` reads the `_nodeid` that xdist rewrites (pytest 9.2's does not)."
-    assert conftest.loadgroup_works(), f"pytest {pytest.__version__}: install constraints.txt's pytest (make install)"
+    "The lock pins a pytest whose `nodeid` reads the `_nodeid` that xdist rewrites (pytest 9.2's does not)."
+    assert conftest.loadgroup_works(), f"pytest {pytest.__version__}: install the locked pytest (make install)"
