@@ -2,9 +2,11 @@
 
 Each fault test kills, fills or races something, so none of them may share the session's
 server. A test gets a throw-away project (`project`: a folder with its own `.mlflow/`, its
-config and a link to the bundled data), starts its own server there (`server`), and runs
-the real `mlops-*` commands against it. Everything started is stopped by process id at the
-end, even when the test fails, and the test then checks that nothing it started is left.
+config and a link to the bundled data), starts its own server there (`server`) when the
+fault hits the server, or else shares its module's (`shared_server`, in an experiment of its
+own), and runs the real `mlops-*` commands against it. Everything started is stopped by
+process id at the end, even when the test fails, and the test then checks that nothing it
+started is left.
 """
 
 from __future__ import annotations
@@ -116,6 +118,37 @@ class Server:
             stop_process(pid, timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def frozen_group(pgid: int, timeout: float = 10):
+    "Stop process group `pgid` (SIGSTOP, as Ctrl-Z would) while the block runs; SIGCONT after it, even on failure."
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _all_stopped(pgid), timeout, f"process group {pgid} stopped")
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGCONT)
+
+
+def _all_stopped(pgid: int) -> bool:
+    "Whether every live process of group `pgid` is stopped (SIGSTOP has reached them all)."
+    for p in group_of(pgid):
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_STOPPED:
+                return False
+    return True
+
+
+def group_of(pgid: int) -> list[psutil.Process]:
+    "The live (not zombie) processes of process group `pgid`."
+    members = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                members.append(p)
+    return members
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):

@@ -2,7 +2,8 @@
 
 Each test injects the fault into a real `mlops-train` process and then checks what an
 operator would: how long the command took to give up, the one line it printed, and the
-run's final state on the server, which must never stay RUNNING.
+run's final state on the server, which must never stay RUNNING. A test whose fault hits
+the server (killed, or its store broken) has a server of its own; the others share one.
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def test_server_lost_mid_run_stops_within_60s_and_the_run_is_closed_when_it_retu
     assert not list((project.path / ".mlflow" / "journal").glob("*.json"))
 
 
-def test_sigterm_ends_the_run_as_killed_with_one_line(project, server):
-    cfg = project.config(training=LONG, registry=NO_GATE)
+def test_sigterm_ends_the_run_as_killed_with_one_line(project, shared_server):
+    server = shared_server
+    cfg = project.config(experiment_name="faults_sigterm", training=LONG, registry=NO_GATE)
     proc = project.start("mlops-train", "--config", str(cfg), "--no-progress")
-    run = open_run(server.uri, "week5_project_optimization")
+    run = open_run(server.uri, "faults_sigterm")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
@@ -76,15 +78,17 @@ def test_sigterm_ends_the_run_as_killed_with_one_line(project, server):
     assert "interrupted" in final.data.tags["mlops.closed_reason"]
 
 
-def test_kill_9_leaves_a_run_that_the_next_start_closes(project, server):
-    cfg = project.config(training=LONG, registry=NO_GATE)
+def test_kill_9_leaves_a_run_that_the_next_start_closes(project, shared_server):
+    "The next `mlops-mlflow start` (of the server's project: it is running) closes the run that nothing else could."
+    server = shared_server
+    cfg = project.config(experiment_name="faults_kill_9", training=LONG, registry=NO_GATE)
     proc = project.start("mlops-train", "--config", str(cfg), "--no-progress")
-    run = open_run(server.uri, "week5_project_optimization")
+    run = open_run(server.uri, "faults_kill_9")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     client = MlflowClient(server.uri)
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nothing could close it
-    out = project.run("mlops-mlflow", "start", "--port", str(server.port), "--root", str(project.path))
+    out = project.run("mlops-mlflow", "start", "--port", str(server.port), "--root", str(server.project.path))
     assert out.returncode == 0, out.stderr
     assert "closed 1 run" in out.stdout
     closed = client.get_run(run.info.run_id)

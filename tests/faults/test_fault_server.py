@@ -5,9 +5,13 @@ reset see it. A server frozen by SIGSTOP (or Ctrl-Z) is named as this project's 
 pid on record, not as a stranger on the port, whether a command meets it at its start or in
 the middle of a run; a server that answers /health but not its API is said to be stuck.
 Every test starts a server of its own in tmp_path and, whatever happens, kills by pid what it started.
+A test whose subject is only how the server's processes are found, stopped and described uses a stand-in
+for them (`standin`: a launcher and its worker, as those commands see a server) instead of a real MLflow;
+one test of the orphaned worker (and reliability/02_local_server) still runs a real one.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -19,17 +23,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import BIN, Project, Server, error_lines, wait_for
+from faultkit import BIN, Project, Server, error_lines, group_of, wait_for
 from mlflow import MlflowClient
 
 from mlops_day28 import cli
 from mlops_day28.reliability.local_server import (
+    TrackingServer,
     database_users,
     find_tracking_server,
     frozen,
     mlflow_version_at,
     recorded_server,
     reset_refusal,
+    server_kind,
     server_status,
     start_tracking_server,
     stop_tracking_server,
@@ -37,16 +43,6 @@ from mlops_day28.reliability.local_server import (
 from mlops_day28.reliability.processes import free_port, is_running, port_is_open
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-
-def group_of(pgid: int) -> list[psutil.Process]:
-    "The live (not zombie) processes of process group `pgid`."
-    members = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                members.append(p)
-    return members
 
 
 def eventually(check, timeout: float = 30.0) -> bool:
@@ -71,10 +67,9 @@ def _alive(p: psutil.Process) -> bool:
     return False
 
 
-@pytest.fixture
-def server(tmp_path):
-    "A server of its own in tmp_path; at the end whatever it started still runs is killed by pid, and none may remain."
-    srv = start_tracking_server(port=free_port(), root=tmp_path)
+@contextlib.contextmanager
+def killed_after(srv: TrackingServer):
+    "Run the block; then kill by pid whatever of `srv` (started by this process) still runs: none may remain."
     launcher = psutil.Process(srv.pid)
     started = [launcher, *launcher.children(recursive=True), *group_of(srv.pgid)]  # collected before any kill
     try:
@@ -91,11 +86,75 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def orphaned(server):
-    "The server with its recorded launcher killed by SIGKILL: the uvicorn worker it started still serves."
+def server(tmp_path):
+    "A server of its own in tmp_path; at the end whatever it started still runs is killed by pid, and none may remain."
+    with killed_after(start_tracking_server(port=free_port(), root=tmp_path)) as srv:
+        yield srv
+
+
+# A stand-in for an MLflow server's processes, as `find_tracking_server`, stop, status and reset see them: the
+# launcher (`... mlflow server --backend-store-uri sqlite:///DB ... --port N`) leads a process group of its own, and
+# its worker (`... uvicorn ...`) has the database open, listens on the port and answers /health and /version.
+STANDIN_WORKER = """import sqlite3, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+args = sys.argv[1:]
+db = sqlite3.connect(args[args.index("--backend-store-uri") + 1].removeprefix("sqlite:///"))
+db.execute("create table if not exists t (x)")
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/health": b"OK", "/version": b"3.17.2"}.get(self.path, b"")
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(args[args.index("--port") + 1])), Handler).serve_forever()
+"""
+STANDIN_LAUNCHER = f"""import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {STANDIN_WORKER!r}, "uvicorn", *sys.argv[3:]])
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def standin(tmp_path):
+    "The stand-in, recorded in tmp_path/.mlflow/server.json as `start_tracking_server` records a server it started."
+    state, port = tmp_path / ".mlflow", free_port()
+    state.mkdir()
+    store = f"sqlite:///{(state / 'mlflow.db').resolve()}"
+    cmd = [sys.executable, "-c", STANDIN_LAUNCHER, "mlflow", "server", "--backend-store-uri", store]
+    launcher = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], start_new_session=True)
+    srv = TrackingServer(f"http://127.0.0.1:{port}", launcher.pid, True, str(state), pgid=launcher.pid, port=port)
+    try:
+        assert eventually(lambda: mlflow_version_at(srv.uri) == "3.17.2", 30)
+        srv.pids = [launcher.pid, *(c.pid for c in psutil.Process(launcher.pid).children(recursive=True))]
+        (state / "server.json").write_text(json.dumps(dataclasses.asdict(srv)))
+        with killed_after(srv):
+            assert server_kind(psutil.Process(srv.pids[-1]).cmdline()) == "uvicorn"  # what find and stop look for
+            yield srv
+    finally:
+        launcher.kill()
+        launcher.wait(10)
+
+
+def kill_launcher(server: TrackingServer) -> TrackingServer:
+    "`server` with its recorded launcher killed by SIGKILL: the uvicorn worker it started still serves."
     os.kill(server.pid, signal.SIGKILL)
     assert eventually(lambda: not is_running(server.pid), 10)
     return server
+
+
+@pytest.fixture
+def orphaned(server):
+    "A real server whose launcher was killed by SIGKILL."
+    return kill_launcher(server)
+
+
+@pytest.fixture
+def orphaned_standin(standin):
+    "The stand-in whose launcher was killed by SIGKILL."
+    return kill_launcher(standin)
 
 
 def test_the_record_names_group_processes_and_port(server, tmp_path):
@@ -132,8 +191,8 @@ def test_stop_finds_and_stops_the_server_whose_launcher_was_killed(orphaned, tmp
     assert find_tracking_server(tmp_path) is None and stop_tracking_server(tmp_path) is False
 
 
-def test_cli_stop_stops_the_server_whose_launcher_was_killed(orphaned, tmp_path, capsys):
-    server = orphaned
+def test_cli_stop_stops_the_server_whose_launcher_was_killed(orphaned_standin, tmp_path, capsys):
+    server = orphaned_standin
     code = cli.mlflow(["stop", "--root", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "stopped" in out and "no running" not in out
@@ -142,8 +201,8 @@ def test_cli_stop_stops_the_server_whose_launcher_was_killed(orphaned, tmp_path,
     assert "no running MLflow server" in capsys.readouterr().out
 
 
-def test_status_says_it_answers_with_the_launcher_gone(orphaned, tmp_path):
-    server = orphaned
+def test_status_says_it_answers_with_the_launcher_gone(orphaned_standin, tmp_path):
+    server = orphaned_standin
     found = find_tracking_server(tmp_path)
     for port in (None, server.port):  # the recorded port, and the same one asked for
         version, line = server_status(tmp_path, port)
@@ -162,8 +221,8 @@ def test_status_says_it_answers_with_the_launcher_gone(orphaned, tmp_path):
     assert version is None and line == f"no MLflow server at {server.uri}"
 
 
-def test_reset_is_refused_while_the_server_uses_the_database(orphaned, tmp_path):
-    server = orphaned
+def test_reset_is_refused_while_the_server_uses_the_database(orphaned_standin, tmp_path):
+    server = orphaned_standin
     reason = reset_refusal(tmp_path)
     assert reason and reason.startswith("refusing to reset: pid ") and "\n" not in reason
     users = database_users(tmp_path)

@@ -8,7 +8,7 @@ or a kernel; the first goes on and passes.
 The real runner (tools/run_workbook.py) and a real pytest session run here, on a stand-in
 workbook of one short notebook that starts, then waits for the test to let it finish, so
 the second run always meets the first one mid-way. The full two-`make workbook` check is run
-by hand (see the issue's report).
+by hand (see the issue's report). The stand-in's notebook logs nothing: the two tests share one server.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def finish(proc: subprocess.Popen, nbs) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_a_second_workbook_run_is_refused_with_the_first_ones_pid(project, server, workbook):
+def test_a_second_workbook_run_is_refused_with_the_first_ones_pid(project, shared_server, workbook):
     first = project.start(*runner(project, workbook))
     wait_for(lambda: (workbook / "started").exists(), 120, "the first run's notebook started")
     second = subprocess.run(
@@ -78,7 +78,7 @@ def test_a_second_workbook_run_is_refused_with_the_first_ones_pid(project, serve
         pass
 
 
-def test_a_workbook_run_and_a_test_session_refuse_each_other(project, server, workbook):
+def test_a_workbook_run_and_a_test_session_refuse_each_other(project, shared_server, workbook):
     "The session's lock (conftest.py, copied into the project) against the runner's, both ways round."
     shutil.copy(ROOT / "conftest.py", project.path / "conftest.py")
     (project.path / "pyproject.toml").write_text(
