@@ -15,6 +15,7 @@ import importlib.util
 import re
 import shutil
 import uuid
+from pathlib import Path
 
 import nbformat
 import pytest
