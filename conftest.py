@@ -1,7 +1,8 @@
-"""Test-session set-up shared by tests/ and the notebooks that nbval executes.
+"""Test-session set-up shared by tests/ and the notebooks executed as tests.
 
 Tiers. Every test is marked by what it needs, so `make test-fast` can leave the slow ones out:
-- `notebook`: a notebook cell executed by nbval (marked here, by file type);
+- `notebook`: a notebook executed as a test (marked here, by file type): a cell of an exercise, or a whole
+  reference notebook (below);
 - `server`: uses the session's MLflow server (the `tracking_uri` fixture; marked here), or
   starts servers of its own (marked in its file);
 - `slow`: runs a real command end to end, or trains for more than a few seconds (marked in its file);
@@ -31,14 +32,29 @@ temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at
 A session that executes notebooks holds the project's workbook lock (`.workbook/lock`, shared:
 `reliability/03_coordination`) from its start to its end, so it never runs beside `make workbook` in the
 same project: whichever comes second says who runs, in one line, and exits with code 2.
+
+Notebooks. The seven exercises run under nbval, a fresh Jupyter kernel each and a test per cell. Every other
+notebook in nbs/ (the reference notebooks) is one test, run by the warm runner at the end of this file: a child
+process forked, for each notebook, from a warm parent that has imported torch, MLflow, FastAPI and the package once
+(a fresh kernel and those imports cost each notebook about 2 CPU-seconds). The child runs the cells as a kernel
+does (in order, in the notebook's folder, on IPython's shell, in the main thread; matplotlib's inline backend),
+follows nbval's markers (NBVAL_SKIP, NBVAL_RAISES_EXCEPTION; NBVAL_CHECK_OUTPUT is refused: no reference notebook
+has one), and stops at the first exception, which fails the test naming the notebook and the cell, with the cell's
+source and traceback. A cell longer than --nbval-cell-timeout is stopped (the child's process group killed), and
+whatever processes a notebook leaves running when it ends, or is stopped, are stopped by process id and fail it.
+Both kinds are checked after each cell for what a learner would see wrong (`shown_wrong`).
 """
 
+import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +303,443 @@ def tracking_uri() -> str:
     uri = os.environ["MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The reference notebooks, executed warm.
+#
+# Every notebook in nbs/ but the exercises is one pytest item (`WarmNotebook`), executed in a child process forked from
+# a warm parent: a process of this pytest process's own (`WarmParent`) that has imported torch, MLflow, FastAPI, IPython
+# and every module of the package once. A fork per notebook, not a pool of processes that run notebook after notebook
+# as nbdev-test's does: each notebook still starts from a process of its own, with nothing another notebook defined,
+# registered (prometheus_client's default registry), set (MLflow's tracking URI, the working directory) or started.
+# The child runs the cells as a Jupyter kernel does (IPython's shell, from execnb's CaptureShell, on an asyncio loop in
+# the main thread; matplotlib's inline backend; `ipykernel` imported): see `_execute`.
+
+# What the warm parent imports once (with every module of the package), so that no notebook imports them again.
+WARM_IMPORTS = (
+    "torch",
+    "mlflow",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "pandas",
+    "sklearn",
+    "optuna",
+    "prometheus_client",
+    "matplotlib.pyplot",  # not its inline backend: that sets itself up on a notebook's first plot, as in a kernel
+    "ipykernel",  # as in a kernel: the package asks whether it is imported (cli, training's progress bar)
+    "execnb.shell",
+    "fastcore.nbio",
+    "psutil",
+    "mlops_day28.*",  # every module of the package
+)
+_INLINE = "module://matplotlib_inline.backend_inline"  # matplotlib's backend in a kernel (ipykernel sets MPLBACKEND)
+_STARTUP = 120.0  # seconds for the warm parent to import all that, or for a child to say it started
+_EXIT = 60.0  # seconds for a child to end (its threads, atexit) after its last cell, or to die once killed
+
+
+def runs_warm(path, root) -> bool:
+    "Whether the notebook at `path` is executed by the warm runner: every notebook but the exercises, which nbval runs."
+    return path.suffix == ".ipynb" and not path.resolve().is_relative_to(root / "nbs" / EXERCISES)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path, parent):
+    "The warm runner takes the notebooks nbval would run (`--nbval-lax`), but for the exercises (see `runs_warm`)."
+    collected = yield
+    if not runs_warm(file_path, parent.config.rootpath):
+        return collected
+    from nbval.plugin import IPyNbFile
+
+    if not any(isinstance(c, IPyNbFile) for c in collected):
+        return collected  # nbval is not asked to run notebooks in this session: neither is the warm runner
+    kept = [c for c in collected if not isinstance(c, IPyNbFile)]
+    return [*kept, WarmNotebookFile.from_parent(parent, path=file_path)]
+
+
+def notebook_request(path: Path) -> dict:
+    "What the warm parent is sent to run the notebook at `path`: its code cells as nbval sees them, and a kernel's env."
+    import nbformat
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    cells = []
+    for cell in (c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"):
+        options = {**dict(find_metadata_tags(cell.metadata)), **dict(find_comment_markers(cell.source))}
+        n = len(cells)  # nbval's number for it ("Cell 3"): code cells, from 0
+        if options.get("check"):  # NBVAL_CHECK_OUTPUT: no reference notebook has one, and the runner compares none
+            raise NotebookFailed(
+                f"{path.name}: Cell {n} asks for its outputs to be compared (NBVAL_CHECK_OUTPUT), which the warm "
+                "runner does not do: assert on the value in the cell instead"
+            )
+        cells.append(  # NBVAL_SKIP: not run; NBVAL_RAISES_EXCEPTION: may raise (nbval's markers, read by nbval)
+            {"n": n, "id": cell.get("id", ""), "source": cell.source}
+            | {"skip": bool(options.get("skip")), "raises": bool(options.get("check_exception"))}
+        )
+    exercise = path.parent.name == "exercises" and bool(_EXERCISE_NOTEBOOK.fullmatch(path.name))
+    return {"path": str(path), "cells": cells, "env": {"MPLBACKEND": _INLINE, **os.environ}, "exercise": exercise}
+
+
+class NotebookFailed(Exception):
+    "A reference notebook that failed: the message names the notebook and the cell, and says what went wrong."
+
+
+class WarmNotebookFile(pytest.File):
+    def collect(self):
+        yield WarmNotebook.from_parent(self, name="cells")
+
+
+class WarmNotebook(pytest.Item):
+    "A notebook, every code cell in order, executed by the warm runner (see the section's comment)."
+
+    def runtest(self):
+        if self.config.option.nbval:
+            raise NotebookFailed("the warm runner compares no outputs: run with --nbval-lax, as pyproject.toml does")
+        parent = getattr(self.config, "_mlops_warm_parent", None)
+        if parent is None or not parent.alive():  # the first notebook of this process, or its parent was stopped
+            parent = self.config._mlops_warm_parent = WarmParent(self.config.rootpath)
+            self.config.add_cleanup(parent.stop)
+        cell_timeout = float(self.config.getoption("nbval_cell_timeout", 600))  # pyproject.toml's, for nbval's cells
+        problems = parent.execute(notebook_request(self.path), cell_timeout)
+        if problems:
+            raise NotebookFailed(f"{self.nodeid.split('::')[0]}: " + "\n\n".join(problems))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, NotebookFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name}: every code cell, in a warm process"
+
+
+class _Lines:
+    "JSON objects, one a line, read from the file descriptor `fd`; every wait bounded unless told otherwise."
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def next(self, timeout: float | None) -> dict | None:
+        "The next object; None at the end of the stream; TimeoutError after `timeout` seconds (None: no limit)."
+        import select
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _send(fd: int, message: dict) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+_BOOT = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('warm_parent', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "sys.exit(module.warm_parent())\n"
+)
+
+
+class WarmParent:
+    "The warm parent of this pytest process (started on its first notebook, stopped by process id at its end)."
+
+    def __init__(self, root, imports: tuple[str, ...] = WARM_IMPORTS):
+        import subprocess
+
+        log, self.log = tempfile.mkstemp(prefix="mlops-day28-warm-parent-", suffix=".log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-c", _BOOT, __file__, *imports],  # -P: imports from where a kernel's come
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=root,
+            env={"MPLBACKEND": _INLINE, **os.environ},  # matplotlib reads it once, when it is imported
+            start_new_session=True,  # Ctrl-C reaches pytest, which stops the notebook and the parent itself
+        )
+        os.close(log)
+        self.events, self.count = _Lines(self.proc.stdout.fileno()), 0  # count: the notebooks sent
+        try:
+            ready, why = self.events.next(_STARTUP), "it ended"
+        except TimeoutError:
+            ready, why = None, f"not within {_STARTUP:.0f} s"
+        if not ready:
+            log = self.tail(0)
+            self.stop()
+            raise NotebookFailed(f"the warm parent did not start ({why}); its log ends: {log}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, start: int, size: int = 3000) -> str:
+        "The end of what the parent and its notebooks' processes wrote outside the cells since byte `start`."
+        with open(self.log, "rb") as f:
+            f.seek(max(start, os.path.getsize(self.log) - size))
+            return f.read().decode(errors="replace").strip() or "(nothing)"
+
+    def execute(self, request: dict, cell_timeout: float) -> list[str]:
+        "Run the notebook `request` names in a child; what went wrong, one paragraph each (none: it passed)."
+        name, start = Path(request["path"]).name, os.path.getsize(self.log)
+        self.count += 1
+        request = {**request, "id": self.count}  # events of an earlier notebook (a late one) are told apart by it
+        _send(self.proc.stdin.fileno(), request)
+        problems, cells = [], {c["n"]: c for c in request["cells"]}
+        running, limit, why = None, _STARTUP, None
+        try:
+            while True:
+                try:
+                    event = self.events.next(limit)
+                except TimeoutError:
+                    event = None
+                    if running is None:
+                        why = f"the notebook's process did not start or end within {limit:.0f} s"
+                    else:
+                        why = f"Cell {running} ran longer than {limit:.0f} s (--nbval-cell-timeout)"
+                if event is None:
+                    why = why or "the warm parent ended"
+                    break
+                if event.get("id") != self.count:
+                    continue
+                if "exit" in event:
+                    if running is not None:
+                        problems.append(f"Cell {running}: the notebook's process ended ({event['exit']}) while it ran")
+                    break
+                if "cell" in event and "error" not in event:  # a cell starts
+                    running, limit = event["cell"], cell_timeout
+                elif "cell" in event:  # a cell ends
+                    running, limit = None, _EXIT
+                    cell = cells[event["cell"]]
+                    where = f"Cell {cell['n']} (id {cell['id']})"
+                    problems += [f"{where}: {p}" for p in event["problems"]]
+                    if event["error"]:
+                        problems.append(f"{where} raised an exception.\n\nInput:\n{cell['source']}\n\n{event['error']}")
+                elif "done" in event:  # the process ends (its threads, atexit), then the parent stops its leftovers
+                    limit = _EXIT + 30
+                elif "broken" in event:
+                    problems.append(f"the warm runner failed:\n{event['broken']}")
+        except BaseException as e:  # pytest-timeout, Ctrl-C: stop the notebook before anything else happens
+            self.kill_notebook(self.count)
+            e.add_note(f"{name}: stopped " + (f"in Cell {running}" if running is not None else "between cells"))
+            raise
+        if why:
+            problems.append(f"{why}: stopped.\nIts processes wrote, outside the cells: {self.tail(start)}")
+            event = self.kill_notebook(self.count)
+        left = (event or {}).get("left") or []
+        if left:  # stopped now, each with its children and process group
+            problems.append(f"{name} left processes running after it ended: {'; '.join(left)}")
+        elif event and event["exit"] not in (0, None) and not problems:
+            problems.append(f"its process ended with {event['exit']}: {self.tail(start)}")
+        return problems
+
+    def kill_notebook(self, count: int) -> dict | None:
+        "Have the parent kill notebook `count`'s process group, and stop what it started; its report, if it gives one."
+        try:
+            _send(self.proc.stdin.fileno(), {"kill": count})
+            while (event := self.events.next(_EXIT + 30)) is not None:
+                if "exit" in event and event.get("id") == count:
+                    return event
+        except (OSError, TimeoutError):
+            pass
+        self.stop()  # a parent that does not answer goes too (its notebook with it: PR_SET_PDEATHSIG)
+        return None
+
+    def stop(self) -> None:
+        "Stop the parent: it ends at the end of its input; by SIGKILL, with its process group, if it does not."
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(_EXIT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc.stdout.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log)
+
+
+def _prctl(option: int, value: int) -> None:
+    "Linux's prctl(2), by ctypes; nothing elsewhere (no subreaper: leftovers are not found; no parent-death signal)."
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def warm_parent() -> int:
+    "The warm parent (its own process, `WarmParent` starts it): import once, then fork a child per notebook it is sent."
+    import gc
+    import importlib
+    import pkgutil
+
+    events = os.dup(1)  # the events go to pytest; fd 1 (print, subprocesses) to the log, as fd 2 does
+    os.dup2(2, 1)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # what a notebook leaves running comes back to this process: see _leftovers
+    for name in sys.argv[2:]:
+        package = importlib.import_module(name.removesuffix(".*"))
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}.") if name.endswith(".*") else ():
+            # a module that does not import fails in its notebook, as it would in a kernel
+            with contextlib.suppress(Exception):
+                importlib.import_module(module.name)
+    gc.freeze()  # what is imported stays out of the children's collections: their pages stay shared, not copied
+    _send(events, {"ready": os.getpid()})
+    requests = _Lines(0)
+    while (request := requests.next(None)) is not None:  # until pytest closes its end (or dies)
+        if "path" not in request:  # a kill for a notebook that has already ended: it is over
+            _send(events, {"id": request["kill"], "exit": None, "left": []})
+            continue
+        pid = os.fork()
+        if pid == 0:  # the notebook's process: it never comes back into this loop
+            try:
+                _child(request, events)
+            finally:
+                os._exit(1)
+        code, gone = _watch(pid, requests)
+        left = _leftovers()
+        with contextlib.suppress(OSError):  # pytest may be gone
+            _send(events, {"id": request["id"], "exit": code, "left": left})
+        if gone:
+            break
+    return 0
+
+
+def _watch(pid: int, requests: _Lines) -> tuple[int, bool]:
+    "Wait for the notebook's process `pid`: its exit code, and whether pytest went away; killed when pytest says so."
+    import select
+    import signal
+
+    gone = False
+    while True:  # however long the notebook takes: pytest bounds it, and says so
+        # Reap what has ended: the notebook's process, and its orphans that came back here, as init would reap them (a
+        # zombie left unreaped would look alive to the notebook: psutil.wait_procs would wait for it to its timeout)
+        while (ended := os.waitpid(-1, os.WNOHANG))[0]:
+            if ended[0] == pid:
+                return os.waitstatus_to_exitcode(ended[1]), gone
+        if b"\n" not in requests.buffer and not select.select([] if gone else [requests.fd], [], [], 0.05)[0]:
+            continue
+        request = requests.next(None)
+        if request is None or request.get("kill"):  # pytest ended, or stops this notebook: its whole process group
+            gone = request is None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _leftovers() -> list[str]:
+    "Stop what the last notebook left running (they come back to this process, its subreaper): 'pid (command)' each."
+    import psutil
+
+    from mlops_day28.reliability.processes import stop_process
+
+    left = []
+    for p in psutil.Process().children():
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:  # ended already: reap it
+                os.waitpid(p.pid, 0)
+                continue
+            left.append(f"pid {p.pid} ({' '.join(p.cmdline()[:4])[:160]})")
+        except (psutil.Error, ChildProcessError):
+            continue
+        stop_process(p.pid)  # SIGTERM, to its children and process group too; SIGKILL after 10 s
+    return left
+
+
+def _child(request: dict, events: int) -> None:
+    "In the forked child: become the notebook's process (its own process group), run its cells, tell pytest how it went."
+    import signal
+    import traceback
+
+    os.setsid()  # the parent kills the notebook and what it started in its group, by this process's id
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # and if the warm parent dies, this goes with it
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # no input, as in a kernel run with allow_stdin=False
+    os.close(devnull)
+    try:
+        _execute(request, lambda message: _send(events, {"id": request["id"], **message}))
+    except BaseException:
+        _send(events, {"id": request["id"], "broken": traceback.format_exc()})
+    os.close(events)
+    _end()
+
+
+def _end() -> None:
+    "End this process as a kernel's ends (its threads, then atexit), without tearing down what it shares with its parent."
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()  # a kernel waits for them too; pytest kills this process if they never end
+    atexit._run_exitfuncs()  # what a notebook registered: servers stopped, temporary folders removed, logs flushed
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)  # not the interpreter's teardown of every module: it would copy the parent's memory, for nothing
+
+
+def _execute(request: dict, send) -> None:
+    "Run the notebook's code cells in order, as a Jupyter kernel does; after each, what it raised and what shows wrong."
+    import asyncio
+    import re
+    import sysconfig
+
+    import ipykernel  # noqa: F401 (imported, as in a kernel: the package asks whether it is)
+    from execnb.shell import CaptureShell
+    from fastcore.nbio import run_cell
+    from IPython.utils.capture import capture_output
+
+    path = Path(request["path"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(path.parent)  # where Jupyter (and nbval) start a notebook's kernel
+    sys.argv = [os.path.join(sysconfig.get_paths()["purelib"], "ipykernel_launcher.py")]  # a kernel's: a run's source
+    site = next((i for i, p in enumerate(sys.path) if p.endswith("site-packages")), len(sys.path))
+    sys.path.insert(site, "")  # the notebook's folder, where a kernel has it
+    if "numpy" in sys.modules:  # a fresh process draws fresh seeds (Python's `random` reseeds itself at a fork)
+        sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+    # IPython's shell, with execnb's display hook. Not its matplotlib set-up: as in a kernel, matplotlib_inline sets
+    # itself up when a notebook first plots through pyplot (a Figure shown before that shows as text, as in Jupyter)
+    shell = CaptureShell(mpl_format=None)
+    shell.close()  # its loop runs in a thread of its own; here the cells run in the main thread, on this one:
+    loop = asyncio.new_event_loop()  # as ipykernel runs them (signal handlers work; `await` at the top level too)
+    asyncio.set_event_loop(loop)
+    for cell in request["cells"]:
+        if cell["skip"]:
+            continue
+        send({"cell": cell["n"]})
+        with capture_output() as shown:
+            result = loop.run_until_complete(run_cell(shell, cell["source"], store_history=True))
+        outputs = [{"output_type": "display_data", "data": o.data} for o in shown.outputs]
+        if result.result is not None:
+            outputs.append({"output_type": "execute_result", "data": shell.display_formatter.format(result.result)[0]})
+        if shown.stderr:
+            outputs.append({"output_type": "stream", "name": "stderr", "text": shown.stderr})
+        error = result.error_before_exec or result.error_in_exec
+        text = None
+        if error is not None and not cell["raises"]:
+            tb = shell.InteractiveTB.structured_traceback(type(error), error, error.__traceback__)
+            text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(tb))
+        problems = [str(p) for p in shown_wrong(outputs, exercise=request["exercise"])]
+        send({"cell": cell["n"], "error": text, "problems": problems})
+        if text:
+            break
+    send({"done": True})
