@@ -3,7 +3,7 @@
 Tiers. Every test is marked by what it needs, so `make test-fast` can leave the slow ones out:
 - `notebook`: a notebook executed as a test (marked here, by file type): a cell of an exercise, or a whole
   reference notebook (below);
-- `server`: uses the session's MLflow server (the `tracking_uri` fixture; marked here), or
+- `server`: uses the session's MLflow server (tests/conftest.py's `tracking_uri` fixture; marked here), or
   starts servers of its own (marked in its file);
 - `slow`: runs a real command end to end, or trains for more than a few seconds (marked in its file);
 - `costly`: a slow test that `make test` leaves to `make test-all` for what it costs, and only for
@@ -293,16 +293,6 @@ def pytest_sessionfinish(session, exitstatus):
     stop_tracking_server(root)  # by the process id recorded when it started
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def tracking_uri() -> str:
-    "The session's MLflow server (started by pytest_collection_finish), with MLflow pointed at it."
-    import mlflow
-
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    mlflow.set_tracking_uri(uri)
-    return uri
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Fixtures of tests/ (the session's server and the tiers are in the project's conftest.py).
+"""Fixtures of tests/: the session's MLflow server (`tracking_uri`; the project's conftest.py starts and stops it,
+as notebooks need it too, and holds the tiers and the scheduling), one of a module's own in this process
+(`local_mlflow`), and a learner's namespace.
 
 The project's paths and the tiny config are constants in tests/paths.py (`from paths import ROOT, TINY_CONFIG`),
 not here: tests use them at import time, and `from conftest import ...` would be ambiguous between this file and
@@ -9,6 +11,17 @@ import contextlib
 import os
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def tracking_uri() -> str:
+    """The session's MLflow server, with MLflow pointed at it: the project's conftest.py starts it before the first
+    test that asks for this fixture (or the first notebook), in a temporary folder, and stops it at the end."""
+    import mlflow
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 from mlops_day28 import cli
 from mlops_day28.config import InputError
+from mlops_day28.reliability import local_server
 from mlops_day28.reliability.local_server import (
     TrackingServerError,
     ensure_tracking_server,
@@ -85,7 +86,8 @@ def test_second_server_on_another_port_is_refused(tmp_path, request, tracking_ur
             assert stop_tracking_server(tmp_path)
 
 
-def test_port_held_by_something_else_is_named(tmp_path, capsys):
+def test_port_held_by_something_else_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(local_server, "HEALTH_TIMEOUT", 0.2)  # what holds the port never answers: no need to wait 2 s
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -126,7 +128,8 @@ def test_server_that_dies_at_start_shows_its_log(tmp_path):
     assert not (tmp_path / ".mlflow" / "server.json").exists()
 
 
-def test_why_a_server_is_silent_is_said_in_one_clause(tmp_path):
+def test_why_a_server_is_silent_is_said_in_one_clause(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_server, "HEALTH_TIMEOUT", 0.2)  # the silent one never answers: no need to wait 2 s
     port = free_port()
     assert silent_server(f"http://127.0.0.1:{port}", tmp_path) == f"nothing listens on port {port}"
     with socket.socket() as s:

@@ -32,6 +32,7 @@ from ..config import InputError, MlopsError, one_line, state_dir
 # %% auto #0
 __all__ = [
     "DEFAULT_PORT",
+    "HEALTH_TIMEOUT",
     "server_kind",
     "scan_server",
     "FoundServer",
@@ -177,13 +178,14 @@ def frozen(pids: list[int]) -> list[int]:
 
 # %% ../../nbs/reliability/02_local_server.ipynb #58e414a0
 DEFAULT_PORT = 5000
+HEALTH_TIMEOUT = 2.0  # seconds a server has for each of /health and /version: a hung one is named after this long
 
 
 def mlflow_version_at(uri: str) -> str | None:
     "The MLflow version a healthy server at `uri` reports, or None if it is not a healthy MLflow server."
-    health = http_get(f"{uri.rstrip('/')}/health", limit=200)
+    health = http_get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT, limit=200)
     healthy = bool(health) and health[0] == 200 and health[1].strip() == "OK"
-    version = http_get(f"{uri.rstrip('/')}/version", limit=200) if healthy else None
+    version = http_get(f"{uri.rstrip('/')}/version", timeout=HEALTH_TIMEOUT, limit=200) if healthy else None
     v = version[1].strip() if version and version[0] == 200 else ""
     return v if v[:1].isdigit() else None
 
