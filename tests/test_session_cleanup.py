@@ -25,6 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]  # each session starts an ML
 HOLDS_THE_SESSION = """
 import json, os, pathlib, time
 
+import pytest
+
+
+@pytest.fixture
+def tracking_uri():  # its name is what makes the project's conftest.py start the session's server
+    return os.environ["MLFLOW_TRACKING_URI"]
+
 
 def test_holds_the_session(request, tracking_uri):
     server, root = request.config._mlops_server  # what the project's conftest.py started for this session
