@@ -210,6 +210,13 @@ def test_q1_a_histogram_that_observes_nothing_is_a_cross(learner):
     assert not r.ok and "the check sent 30, it observed 0" in r.what and ".observe(seconds)" in r.hint
 
 
+@pytest.fixture
+def short_traffic(monkeypatch):
+    "The check's traffic for 0.3 s rather than 1.5 (without Prometheus, two scrapes around it are all it needs)."
+    traffic = cm._traffic
+    monkeypatch.setattr(cm, "_traffic", lambda url, seconds=0.3, n=None: traffic(url, seconds, n))
+
+
 @pytest.mark.parametrize(
     "query, wrong",
     [
@@ -219,7 +226,7 @@ def test_q1_a_histogram_that_observes_nothing_is_a_cross(learner):
         ("histogram_quantile(0.95, sum(rate(model_prediction_latency_seconds_bucket[1m])) by (le))", "histogram_q"),
     ],
 )
-def test_q2_wants_the_p95_of_your_buckets_through_rate_over_a_window(learner, query, wrong):
+def test_q2_wants_the_p95_of_your_buckets_through_rate_over_a_window(learner, short_traffic, query, wrong):
     variables, serve = learner
     serve(learner_app(suggest_buckets(0.002, 0.004)))
     variables["p95_query"] = query
@@ -227,7 +234,7 @@ def test_q2_wants_the_p95_of_your_buckets_through_rate_over_a_window(learner, qu
     assert not by_start(results, wrong).ok, results
 
 
-def test_q2_without_prometheus_evaluates_the_query_itself_and_says_so(learner):
+def test_q2_without_prometheus_evaluates_the_query_itself_and_says_so(learner, short_traffic):
     variables, serve = learner
     serve(learner_app(suggest_buckets(0.002, 0.004)))
     variables["p95_query"] = GOOD_QUERY
@@ -237,7 +244,7 @@ def test_q2_without_prometheus_evaluates_the_query_itself_and_says_so(learner):
     assert any(r.what.startswith("a p95 the model can have") for r in results), results
 
 
-def test_q2_refuses_a_p95_that_coarse_buckets_make_up(learner):
+def test_q2_refuses_a_p95_that_coarse_buckets_make_up(learner, short_traffic):
     variables, serve = learner
     serve(learner_app((10, 20)))  # every observation under 10 s: histogram_quantile says 9.5 s
     variables["p95_query"] = GOOD_QUERY
