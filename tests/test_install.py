@@ -122,6 +122,8 @@ def test_make_install_checks_every_hash():
     assert uv and all("--require-hashes -r requirements/uv.txt" in ln for ln in uv)  # uv itself, pinned
     line = install_line()
     assert line.startswith(".venv/bin/uv pip install ") and "--require-hashes" in line
+    # uv writes no .pyc unless asked; with PYTHONDONTWRITEBYTECODE=1 every import would compile torch from source
+    assert "--compile-bytecode" in line
     (editable,) = [ln for ln in lines if ln.endswith(" -e .")]
     assert "--no-deps" in editable and "--no-build-isolation" in editable  # nothing unpinned, no build downloads
     assert not [ln for ln in lines if "constraints.txt" in ln or "download.pytorch.org" in ln]
