@@ -24,7 +24,8 @@ One MLflow server serves each test process: it is started on a free port in a te
 folder before the first notebook kernel or server test runs, exported as MLFLOW_TRACKING_URI
 (so kernels inherit it), and stopped by process id at the end. With `pytest -n 2` each
 worker has its own. A SIGTERM to a pytest process (CI's time limit, `kill PID`) ends its session as Ctrl-C
-does (`_interrupt`), so `pytest_sessionfinish` still stops these servers and removes their folders
+does (`_interrupt`; xdist's controller passes it on to its workers first), so `pytest_sessionfinish` still
+stops these servers and removes their folders
 (tests/test_session_cleanup.py). Set MLFLOW_TRACKING_URI yourself to run the tests against a server you
 already have. `07_team` starts a team server (PostgreSQL and MLflow) of its own: in a
 temporary folder (MLOPS_TEAM_ROOT) on a free port (MLFLOW_TEAM_PORT), stopped at the end.
@@ -102,9 +103,18 @@ def loadgroup_works() -> bool:
         return False
 
 
+_XDIST_CONTROLLER = {"is": False}  # set in pytest_configure: this process runs tests in xdist workers
+
+
 def _interrupt(signum, frame):
     "SIGTERM ends the session as Ctrl-C does: pytest_sessionfinish still stops its servers and removes their folders."
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    if _XDIST_CONTROLLER["is"]:  # the workers own the servers: each ends its session too, before xdist stops it
+        import psutil
+
+        for worker in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                worker.send_signal(signum)
     raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the test session stops, its servers with it")
 
 
@@ -118,6 +128,7 @@ def pytest_configure(config):
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
         config._mlops_sigterm = True
+        _XDIST_CONTROLLER["is"] = not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
 
 
 def pytest_unconfigure(config):

@@ -2,8 +2,9 @@
 conftest.py stops its MLflow server by process id and removes the server's temporary folder.
 
 In one process the default SIGTERM would end pytest on the spot, its server left running. Under xdist
-the workers own the servers and tidy up when their controller goes; the controller itself now ends
-as after Ctrl-C (exit code 2) instead of dying on the signal."""
+the workers own the servers: the controller passes the SIGTERM on to them, so each ends its session
+(its server stopped) before xdist stops it, and ends itself as after Ctrl-C (exit code 2). Without
+that, xdist killed workers that were busy, and their servers stayed (seen in CI)."""
 
 import json
 import os
