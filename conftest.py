@@ -42,7 +42,9 @@ does (in order, in the notebook's folder, on IPython's shell, in the main thread
 follows nbval's markers (NBVAL_SKIP, NBVAL_RAISES_EXCEPTION; NBVAL_CHECK_OUTPUT is refused: no reference notebook
 has one), and stops at the first exception, which fails the test naming the notebook and the cell, with the cell's
 source and traceback. A cell longer than --nbval-cell-timeout is stopped (the child's process group killed), and
-whatever processes a notebook leaves running when it ends, or is stopped, are stopped by process id and fail it.
+whatever processes a notebook leaves running when it ends, or is stopped, are stopped by process id and fail it. A
+notebook's process stopped for its time says where it was: its threads and their Python stacks, in the failure. The
+parent forks only while it has one thread (`SINGLE_THREADED`): a lock held by another thread at a fork stays held.
 Both kinds are checked after each cell for what a learner would see wrong (`shown_wrong`).
 """
 
@@ -335,9 +337,16 @@ WARM_IMPORTS = (
     "psutil",
     "mlops_day28.*",  # every module of the package
 )
+# The warm parent forks its children with one thread, its main one: a fork copies only the thread that calls it, and
+# a lock another thread held then stays held in the child forever. Two libraries start threads on import unless told:
+SINGLE_THREADED = {
+    "OMP_NUM_THREADS": "1",  # torch's and NumPy's thread pools (set for the whole session above)
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",  # the jemalloc that pyarrow (imported by MLflow) carries
+}
 _INLINE = "module://matplotlib_inline.backend_inline"  # matplotlib's backend in a kernel (ipykernel sets MPLBACKEND)
 _STARTUP = 120.0  # seconds for the warm parent to import all that, or for a child to say it started
-_EXIT = 60.0  # seconds for a child to end (its threads, atexit) after its last cell, or to die once killed
+_EXIT = 60.0  # seconds for a child to say its next cell started, or to die once killed
+_END = 90.0  # seconds for a child to end after its last cell (its threads, atexit), and its leftovers to be stopped
 
 
 def runs_warm(path, root) -> bool:
@@ -466,11 +475,12 @@ class WarmParent:
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=root,
-            env={"MPLBACKEND": _INLINE, **os.environ},  # matplotlib reads it once, when it is imported
+            env={"MPLBACKEND": _INLINE, **SINGLE_THREADED, **os.environ},  # matplotlib reads it once, on import
             start_new_session=True,  # Ctrl-C reaches pytest, which stops the notebook and the parent itself
         )
         os.close(log)
         self.events, self.count = _Lines(self.proc.stdout.fileno()), 0  # count: the notebooks sent
+        self.last_log, self.last_start = b"", 0  # the end of its log once it is stopped (and the log removed)
         try:
             ready, why = self.events.next(_STARTUP), "it ended"
         except TimeoutError:
@@ -485,9 +495,13 @@ class WarmParent:
 
     def tail(self, start: int, size: int = 3000) -> str:
         "The end of what the parent and its notebooks' processes wrote outside the cells since byte `start`."
-        with open(self.log, "rb") as f:
-            f.seek(max(start, os.path.getsize(self.log) - size))
-            return f.read().decode(errors="replace").strip() or "(nothing)"
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(start, os.path.getsize(self.log) - size))
+                text = f.read()
+        except FileNotFoundError:  # the parent was stopped: what its log held then
+            text = self.last_log[max(0, start - self.last_start) :][-size:]
+        return text.decode(errors="replace").strip() or "(nothing)"
 
     def execute(self, request: dict, cell_timeout: float) -> list[str]:
         "Run the notebook `request` names in a child; what went wrong, one paragraph each (none: it passed)."
@@ -497,16 +511,14 @@ class WarmParent:
         _send(self.proc.stdin.fileno(), request)
         problems, cells = [], {c["n"]: c for c in request["cells"]}
         running, limit, why = None, _STARTUP, None
+        waiting = f"the notebook's process did not start within {_STARTUP:.0f} s"  # what a timeout would mean now
         try:
             while True:
                 try:
                     event = self.events.next(limit)
                 except TimeoutError:
                     event = None
-                    if running is None:
-                        why = f"the notebook's process did not start or end within {limit:.0f} s"
-                    else:
-                        why = f"Cell {running} ran longer than {limit:.0f} s (--nbval-cell-timeout)"
+                    why = waiting
                 if event is None:
                     why = why or "the warm parent ended"
                     break
@@ -518,24 +530,30 @@ class WarmParent:
                     break
                 if "cell" in event and "error" not in event:  # a cell starts
                     running, limit = event["cell"], cell_timeout
+                    waiting = f"Cell {running} ran longer than {limit:.0f} s (--nbval-cell-timeout)"
                 elif "cell" in event:  # a cell ends
                     running, limit = None, _EXIT
+                    waiting = f"after Cell {event['cell']}, the next did not start within {limit:.0f} s"
                     cell = cells[event["cell"]]
                     where = f"Cell {cell['n']} (id {cell['id']})"
                     problems += [f"{where}: {p}" for p in event["problems"]]
                     if event["error"]:
                         problems.append(f"{where} raised an exception.\n\nInput:\n{cell['source']}\n\n{event['error']}")
                 elif "done" in event:  # the process ends (its threads, atexit), then the parent stops its leftovers
-                    limit = _EXIT + 30
+                    limit = _END
+                    waiting = (
+                        f"after its last cell, the notebook's process did not end within {limit:.0f} s"
+                        " (its non-daemon threads, its atexit functions; then the processes it left were stopped)"
+                    )
                 elif "broken" in event:
                     problems.append(f"the warm runner failed:\n{event['broken']}")
         except BaseException as e:  # pytest-timeout, Ctrl-C: stop the notebook before anything else happens
             self.kill_notebook(self.count)
             e.add_note(f"{name}: stopped " + (f"in Cell {running}" if running is not None else "between cells"))
             raise
-        if why:
-            problems.append(f"{why}: stopped.\nIts processes wrote, outside the cells: {self.tail(start)}")
+        if why:  # stopped first: the parent writes where its process was (its threads' stacks) to the log
             event = self.kill_notebook(self.count)
+            problems.append(f"{why}: stopped.\nIts processes wrote, outside the cells: {self.tail(start)}")
         left = (event or {}).get("left") or []
         if left:  # stopped now, each with its children and process group
             problems.append(f"{name} left processes running after it ended: {'; '.join(left)}")
@@ -547,7 +565,7 @@ class WarmParent:
         "Have the parent kill notebook `count`'s process group, and stop what it started; its report, if it gives one."
         try:
             _send(self.proc.stdin.fileno(), {"kill": count})
-            while (event := self.events.next(_EXIT + 30)) is not None:
+            while (event := self.events.next(_END)) is not None:
                 if "exit" in event and event.get("id") == count:
                     return event
         except (OSError, TimeoutError):
@@ -571,6 +589,10 @@ class WarmParent:
                 self.proc.wait(10)
         self.proc.stdout.close()
         with contextlib.suppress(FileNotFoundError):
+            with open(self.log, "rb") as f:  # its end, for a failure still to be told (tail)
+                self.last_start = max(0, os.path.getsize(self.log) - (1 << 16))
+                f.seek(self.last_start)
+                self.last_log = f.read()
             os.unlink(self.log)
 
 
@@ -583,6 +605,7 @@ def _prctl(option: int, value: int) -> None:
 
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_WHERE = signal.SIGUSR2  # to a notebook's process before it is stopped: its stacks to the log (_where)
 
 
 def warm_parent() -> int:
@@ -601,6 +624,10 @@ def warm_parent() -> int:
             with contextlib.suppress(Exception):
                 importlib.import_module(module.name)
     gc.freeze()  # what is imported stays out of the children's collections: their pages stay shared, not copied
+    if others := _other_threads():  # refused: see SINGLE_THREADED
+        why = "a child forked now would hold the locks they hold, with no thread to release them"
+        print(f"the warm parent has threads besides its main one ({'; '.join(others)}): {why}.", file=sys.stderr)
+        return 1
     _send(events, {"ready": os.getpid()})
     requests = _Lines(0)
     while (request := requests.next(None)) is not None:  # until pytest closes its end (or dies)
@@ -622,6 +649,22 @@ def warm_parent() -> int:
     return 0
 
 
+def _other_threads(settle: float = 2.0) -> list[str]:
+    "This process's threads but its main one, native ones too ('tid name'), once those ending have ended; Linux only."
+    import time
+
+    deadline = time.monotonic() + settle
+    while True:
+        others = []
+        for task in Path("/proc/self/task").glob("*"):
+            with contextlib.suppress(OSError):
+                if task.name != str(os.getpid()):
+                    others.append(f"{task.name} {(task / 'comm').read_text().strip()}")
+        if not others or time.monotonic() > deadline:
+            return others
+        time.sleep(0.1)
+
+
 def _watch(pid: int, requests: _Lines) -> tuple[int, bool]:
     "Wait for the notebook's process `pid`: its exit code, and whether pytest went away; killed when pytest says so."
     import select
@@ -639,8 +682,24 @@ def _watch(pid: int, requests: _Lines) -> tuple[int, bool]:
         request = requests.next(None)
         if request is None or request.get("kill"):  # pytest ended, or stops this notebook: its whole process group
             gone = request is None
+            if not gone:
+                _where(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _where(pid: int) -> None:
+    "Write where the notebook's process `pid` is to the log (fd 2): each thread's kernel wait, and its Python stacks."
+    import time
+
+    threads = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):  # native threads too (a C library's), on Linux
+        with contextlib.suppress(OSError):
+            threads.append(f"{task.name} {(task / 'comm').read_text().strip()} ({(task / 'wchan').read_text() or '-'})")
+    os.write(2, f"\nthe notebook's process {pid} when stopped; its threads: {'; '.join(threads) or '?'}\n".encode())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, _WHERE)  # faulthandler, registered in _child, writes every thread's Python stack to the log
+        time.sleep(0.5)
 
 
 def _leftovers() -> list[str]:
@@ -664,10 +723,12 @@ def _leftovers() -> list[str]:
 
 def _child(request: dict, events: int) -> None:
     "In the forked child: become the notebook's process (its own process group), run its cells, tell pytest how it went."
+    import faulthandler
     import signal
     import traceback
 
     os.setsid()  # the parent kills the notebook and what it started in its group, by this process's id
+    faulthandler.register(_WHERE, file=sys.__stderr__, all_threads=True)  # where it is, to the log, when stopped
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # and if the warm parent dies, this goes with it
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # no input, as in a kernel run with allow_stdin=False

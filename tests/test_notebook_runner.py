@@ -141,6 +141,27 @@ def test_a_cell_past_its_timeout_is_stopped_with_what_the_notebook_started(paren
     assert run(parent, notebook(tmp_path, "x = 1")) == []  # the parent goes on
 
 
+def test_a_process_that_does_not_end_after_its_last_cell_is_stopped_saying_where_it_was(parent, tmp_path, monkeypatch):
+    monkeypatch.setattr(conftest, "_END", 1.0)
+    path = notebook(
+        tmp_path,
+        "import os, threading, time\n"
+        "open('kernel', 'w').write(str(os.getpid()))\n"
+        "def never_ends():\n    while True:\n        time.sleep(1)\n\n"
+        "threading.Thread(target=never_ends, name='not-a-daemon').start()  # the process waits for it at its end",
+    )
+    (problem,) = run(parent, path)
+    kernel = int((tmp_path / "kernel").read_text())
+    first, rest = problem.split("\n", 1)
+    assert first.startswith(
+        "after its last cell, the notebook's process did not end within 1 s (its non-daemon threads, its atexit"
+    ), first
+    assert f"the notebook's process {kernel} when stopped; its threads: " in rest, rest
+    assert "in never_ends" in rest and "in _end" in rest, rest  # the thread it waited for, and where it waited
+    assert gone(kernel)
+    assert run(parent, notebook(tmp_path, "x = 1")) == []  # the parent goes on
+
+
 @pytest.mark.slow  # collects every notebook (3 s)
 def test_the_session_runs_the_exercises_on_nbval_and_the_other_notebooks_warm():
     "Collected only: the notebooks' items, as `pytest nbs` makes them."
@@ -173,3 +194,24 @@ def test_a_warm_parent_that_cannot_import_says_why(tmp_path):
         conftest.NotebookFailed, match=r"(?s)did not start \(it ended\).*No module named 'no_such_module_here'"
     ):
         conftest.WarmParent(tmp_path, imports=("no_such_module_here",))
+
+
+def test_a_warm_parent_with_a_thread_besides_its_main_one_refuses_to_fork(tmp_path, monkeypatch):
+    "A lock that thread held at the fork would stay held in the child forever (conftest.SINGLE_THREADED)."
+    (tmp_path / "starts_a_thread.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(
+        conftest.NotebookFailed, match=r"(?s)did not start \(it ended\).*threads besides its main one \(\d+ "
+    ):
+        conftest.WarmParent(tmp_path, imports=("starts_a_thread",))
+
+
+def test_the_session_warm_parent_has_one_thread(tmp_path):
+    "What the session's warm parent imports starts no thread, given SINGLE_THREADED (pyarrow's jemalloc would)."
+    warm = conftest.WarmParent(tmp_path, imports=("pyarrow", "torch"))
+    try:
+        assert warm.alive()
+    finally:
+        warm.stop()
