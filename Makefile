@@ -87,7 +87,7 @@ test-all: install lint ## everything, as CI runs it: make test and the costly te
 	$(PYTEST)
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
-	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -m "not notebook and not server and not slow"
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -m "not notebook and not server and not slow" -p no:nbval
 
 lint: install ## ruff: lint and formatting of the package, tests, tools and benchmarks
 	$(BIN)/ruff check $(LINTED)

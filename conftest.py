@@ -120,7 +120,32 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the test session stops, its servers with it")
 
 
+# nbval's options for this project, unless given: --nbval-lax (only NBVAL_CHECK_OUTPUT cells are compared; any
+# exception fails), the test process's own environment, 600 s a cell. Set here, not in pyproject.toml's addopts,
+# so that `make test-fast`, which runs no notebook, can leave nbval out (-p no:nbval): importing it costs each test
+# process about a second (nbformat, jsonschema and its format checkers).
+NBVAL_DEFAULTS = {"nbval_current_env": True, "nbval_cell_timeout": 600}
+
+
+def _nbval_defaults(config) -> None:
+    import shlex
+
+    args = [
+        *config.invocation_params.args,
+        *config.getini("addopts"),
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+    ]
+    given = {a.split("=")[0] for a in args if a.startswith("--nbval")}
+    if not config.option.nbval:  # --nbval (compare every output) is the user's own choice
+        config.option.nbval_lax = True
+    for name, value in NBVAL_DEFAULTS.items():
+        if "--" + name.replace("_", "-") not in given:
+            setattr(config.option, name, value)
+
+
 def pytest_configure(config):
+    if config.pluginmanager.has_plugin("nbval"):
+        _nbval_defaults(config)
     if config.getoption("dist", None) == "loadgroup" and not loadgroup_works():  # None: without xdist (-p no:xdist)
         raise pytest.UsageError(
             f"--dist loadgroup cannot group tests under pytest {pytest.__version__} (xdist's group is lost, so a"
@@ -404,7 +429,7 @@ class WarmNotebook(pytest.Item):
 
     def runtest(self):
         if self.config.option.nbval:
-            raise NotebookFailed("the warm runner compares no outputs: run with --nbval-lax, as pyproject.toml does")
+            raise NotebookFailed("the warm runner compares no outputs: run with --nbval-lax (conftest.py's default)")
         parent = getattr(self.config, "_mlops_warm_parent", None)
         if parent is None or not parent.alive():  # the first notebook of this process, or its parent was stopped
             parent = self.config._mlops_warm_parent = WarmParent(self.config.rootpath)

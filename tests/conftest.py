@@ -9,6 +9,8 @@ the project's conftest.py.
 
 import contextlib
 import os
+import shutil
+import sqlite3
 
 import pytest
 
@@ -24,8 +26,18 @@ def tracking_uri() -> str:
     return uri
 
 
+@pytest.fixture(scope="session")
+def _mlflow_store(tmp_path_factory) -> str:
+    "An empty MLflow SQLite store, made once per test process (its tables cost about a second to make each time)."
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # makes the tables and the Default experiment
+    return str(db)
+
+
 @pytest.fixture(scope="module")
-def local_mlflow(tmp_path_factory):
+def local_mlflow(tmp_path_factory, _mlflow_store):
     """An MLflow of the test module's own, in this process: a SQLite store and its artifacts in a temporary folder,
     no server (MLflow's own tests work this way). MLflow points at it while the module's tests run, then back.
 
@@ -38,6 +50,11 @@ def local_mlflow(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{folder}/mlflow.db"
+    shutil.copyfile(_mlflow_store, folder / "mlflow.db")  # a copy of the empty store, its Default experiment moved here
+    with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db, db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),)
+        )
     before = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # commands run in this process (cli.train) read it
     mlflow.set_tracking_uri(uri)

@@ -1,6 +1,8 @@
 """Exercise 1's checks (nbs/workbook/02_checks_tracking) against real runs in an in-process MLflow: the right
 answer passes, and each wrong-but-plausible answer gets a ✗ whose hint names the fix."""
 
+import functools
+import io
 import math
 
 import matplotlib.pyplot as plt
@@ -42,18 +44,30 @@ def crosses(task) -> list[str]:
     return [str(r) for r in task.results() if not r.ok]
 
 
+@functools.cache
+def _drawn(kind: str, epochs: tuple = ()) -> bytes:
+    "A figure's PNG, drawn once per test process (a draw costs about 0.3 s; the tests log many copies)."
+    out = io.BytesIO()
+    if kind == "curves":
+        plt.plot(epochs, [1 / e for e in epochs], label="train")
+        plt.plot(epochs, [1.2 / e for e in epochs], label="val")
+        plt.legend(), plt.xlabel("epoch")
+        plt.savefig(out, format="png"), plt.close()
+    else:
+        y = np.arange(50) % 10
+        fig = plot_confusion_matrix(y, (y + (np.arange(50) % 7 == 0)) % 10)
+        fig.savefig(out, format="png"), plt.close(fig)
+    return out.getvalue()
+
+
 def png(tmp_path, name, epochs=(1, 2, 3, 4, 5)) -> str:
     "A training-curves figure over `epochs`, saved as `name`."
-    plt.plot(epochs, [1 / e for e in epochs], label="train")
-    plt.plot(epochs, [1.2 / e for e in epochs], label="val")
-    plt.legend(), plt.xlabel("epoch")
-    plt.savefig(tmp_path / name), plt.close()
+    (tmp_path / name).write_bytes(_drawn("curves", tuple(epochs)))
     return str(tmp_path / name)
 
 
 def confusion(tmp_path, name="confusion_matrix.png") -> str:
-    y = np.arange(50) % 10
-    plot_confusion_matrix(y, (y + (np.arange(50) % 7 == 0)) % 10).savefig(tmp_path / name)
+    (tmp_path / name).write_bytes(_drawn("confusion"))
     return str(tmp_path / name)
 
 
@@ -93,15 +107,17 @@ def test_q1_passes_the_right_answer(learner, tmp_path):
     ],
 )
 def test_q1_wrong_answers_get_a_cross_that_names_the_fix(learner, tmp_path, wrong, expected):
-    kwargs = {
-        "constant metrics": {"metrics": {k: [0.1] * 5 for k in SCRATCH}},
-        "the plain way's model, trained on": {
+    kwargs = {  # made only for this test's wrong answer
+        "constant metrics": lambda: {"metrics": {k: [0.1] * 5 for k in SCRATCH}},
+        "the plain way's model, trained on": lambda: {
             "metrics": {**SCRATCH, "train_loss": [0.047, 0.04, 0.036, 0.023, 0.024], "val_accuracy": [0.97] * 5}
         },
-        "a one-point curves PNG": {"pngs": [png(tmp_path, "training_plot.png", epochs=[5]), confusion(tmp_path)]},
-        "the confusion matrix twice": {"pngs": [confusion(tmp_path), confusion(tmp_path, "cm2.png")]},
-        "no step": {"steps": False},
-    }[wrong]
+        "a one-point curves PNG": lambda: {
+            "pngs": [png(tmp_path, "training_plot.png", epochs=[5]), confusion(tmp_path)]
+        },
+        "the confusion matrix twice": lambda: {"pngs": [confusion(tmp_path), confusion(tmp_path, "cm2.png")]},
+        "no step": lambda: {"steps": False},
+    }[wrong]()
     log_my_run(tmp_path, **kwargs)
     found = crosses(ct.q1)
     assert any(line.startswith(expected) for line in found), found

@@ -17,6 +17,10 @@ _spec = importlib.util.spec_from_file_location("project_conftest", Path(__file__
 conftest = importlib.util.module_from_spec(_spec)  # the project's root conftest.py: the runner lives there
 _spec.loader.exec_module(conftest)
 
+# A test that starts a warm parent and runs notebooks in it (real processes, 0.5 to 2 s each) is in the slow tier: `make
+# test` and `make test-all` run it, `make test-fast` (the edit loop on the package) does not.
+RUNS_NOTEBOOKS = pytest.mark.slow
+
 LIGHT = ("IPython", "execnb.shell", "fastcore.nbio", "matplotlib.pyplot", "psutil", "mlops_day28.reliability.processes")
 
 
@@ -46,6 +50,7 @@ def gone(pid: int) -> bool:
         return True
 
 
+@RUNS_NOTEBOOKS
 def test_a_good_notebook_passes_run_as_a_kernel_runs_it(parent, tmp_path):
     path = notebook(
         tmp_path,
@@ -63,6 +68,7 @@ def test_a_good_notebook_passes_run_as_a_kernel_runs_it(parent, tmp_path):
     assert run(parent, path) == []
 
 
+@RUNS_NOTEBOOKS
 def test_a_cell_that_raises_fails_the_notebook_naming_the_cell_with_its_traceback(parent, tmp_path):
     path = notebook(
         tmp_path,
@@ -77,6 +83,7 @@ def test_a_cell_that_raises_fails_the_notebook_naming_the_cell_with_its_tracebac
     assert not (tmp_path / "after").exists()
 
 
+@RUNS_NOTEBOOKS
 def test_a_figure_shown_as_text_fails_the_notebook(parent, tmp_path):
     "As in Jupyter: matplotlib's Figure, shown before pyplot has set the inline backend up, prints as text."
     path = notebook(tmp_path, "x = 1", "from matplotlib.figure import Figure\n\nfig = Figure()\nfig.subplots()\nfig")
@@ -86,6 +93,7 @@ def test_a_figure_shown_as_text_fails_the_notebook(parent, tmp_path):
     ]
 
 
+@RUNS_NOTEBOOKS
 def test_notebooks_share_nothing_but_the_imports(parent, tmp_path):
     first = notebook(tmp_path, "import os\nos.environ['LEAK'] = '1'\nSHARED = 1\nimport json")
     assert run(parent, first) == []
@@ -93,6 +101,7 @@ def test_notebooks_share_nothing_but_the_imports(parent, tmp_path):
     assert run(parent, second) == []
 
 
+@RUNS_NOTEBOOKS
 def test_a_process_orphaned_in_a_notebook_is_reaped_when_it_ends_as_init_would(parent, tmp_path):
     "The parent adopts what a notebook's processes orphan (to stop it if it outlives the notebook): dead, it is gone."
     path = notebook(
@@ -111,6 +120,7 @@ def test_a_process_orphaned_in_a_notebook_is_reaped_when_it_ends_as_init_would(p
     assert run(parent, path) == []
 
 
+@RUNS_NOTEBOOKS
 def test_what_a_notebook_leaves_running_is_stopped_and_fails_it(parent, tmp_path):
     path = notebook(
         tmp_path,
@@ -125,6 +135,7 @@ def test_what_a_notebook_leaves_running_is_stopped_and_fails_it(parent, tmp_path
     assert gone(pid)
 
 
+@RUNS_NOTEBOOKS
 def test_a_cell_past_its_timeout_is_stopped_with_what_the_notebook_started(parent, tmp_path):
     path = notebook(
         tmp_path,
@@ -141,6 +152,7 @@ def test_a_cell_past_its_timeout_is_stopped_with_what_the_notebook_started(paren
     assert run(parent, notebook(tmp_path, "x = 1")) == []  # the parent goes on
 
 
+@RUNS_NOTEBOOKS
 def test_a_process_that_does_not_end_after_its_last_cell_is_stopped_saying_where_it_was(parent, tmp_path, monkeypatch):
     monkeypatch.setattr(conftest, "_END", 1.0)
     path = notebook(
@@ -189,6 +201,7 @@ def test_the_session_runs_the_exercises_on_nbval_and_the_other_notebooks_warm():
     assert reference == [f"{p.relative_to(root)}::cells" for p in notebooks]  # the warm runner: one item each
 
 
+@RUNS_NOTEBOOKS
 def test_a_warm_parent_that_cannot_import_says_why(tmp_path):
     with pytest.raises(
         conftest.NotebookFailed, match=r"(?s)did not start \(it ended\).*No module named 'no_such_module_here'"
@@ -196,6 +209,7 @@ def test_a_warm_parent_that_cannot_import_says_why(tmp_path):
         conftest.WarmParent(tmp_path, imports=("no_such_module_here",))
 
 
+@RUNS_NOTEBOOKS
 def test_a_warm_parent_with_a_thread_besides_its_main_one_refuses_to_fork(tmp_path, monkeypatch):
     "A lock that thread held at the fork would stay held in the child forever (conftest.SINGLE_THREADED)."
     (tmp_path / "starts_a_thread.py").write_text(
@@ -208,6 +222,7 @@ def test_a_warm_parent_with_a_thread_besides_its_main_one_refuses_to_fork(tmp_pa
         conftest.WarmParent(tmp_path, imports=("starts_a_thread",))
 
 
+@RUNS_NOTEBOOKS
 def test_the_session_warm_parent_has_one_thread(tmp_path):
     "What the session's warm parent imports starts no thread, given SINGLE_THREADED (pyarrow's jemalloc would)."
     warm = conftest.WarmParent(tmp_path, imports=("pyarrow", "torch"))
@@ -215,3 +230,37 @@ def test_the_session_warm_parent_has_one_thread(tmp_path):
         assert warm.alive()
     finally:
         warm.stop()
+
+
+class FakeConfig:
+    "What conftest.py's nbval defaults read: the options nbval parsed, the command line, the ini's addopts."
+
+    def __init__(self, *args, addopts=()):
+        import types
+
+        self.invocation_params = types.SimpleNamespace(args=args)
+        self.option = types.SimpleNamespace(nbval="--nbval" in args, nbval_lax="--nbval-lax" in args)
+        self.option.nbval_current_env, self.option.nbval_cell_timeout = False, 2000  # nbval's own defaults
+        self.addopts = list(addopts)
+
+    def getini(self, name):
+        return self.addopts
+
+
+@pytest.mark.parametrize(
+    "args, addopts, env, expected",
+    [
+        ((), (), "", (True, True, 600)),  # pytest nbs: the project's defaults
+        (("--nbval-cell-timeout=30",), (), "", (True, True, "given")),
+        ((), ("--nbval-cell-timeout", "30"), "", (True, True, "given")),
+        ((), (), "--nbval-cell-timeout=30", (True, True, "given")),
+        (("--nbval",), (), "", (False, True, 600)),  # every output compared: the user's choice, not made lax
+    ],
+)
+def test_nbval_runs_with_the_projects_options_unless_told_otherwise(monkeypatch, args, addopts, env, expected):
+    monkeypatch.setenv("PYTEST_ADDOPTS", env)
+    config = FakeConfig(*args, addopts=addopts)
+    config.option.nbval_cell_timeout = "given" if expected[2] == "given" else 2000
+    conftest._nbval_defaults(config)
+    o = config.option
+    assert (o.nbval_lax, o.nbval_current_env, o.nbval_cell_timeout) == expected

@@ -78,6 +78,8 @@ def test_every_test_gets_one_group_and_the_exercises_share_one_in_order():
 
 def test_a_loadgroup_session_stops_where_the_groups_would_be_lost(monkeypatch):
     class Config:
+        pluginmanager = type("NoPlugins", (), {"has_plugin": staticmethod(lambda name: False)})()
+
         def __init__(self, dist):
             self.dist = dist
 

@@ -178,3 +178,14 @@ def test_wandb_offline_run_records_the_metrics(tiny, tmp_path):
     artifacts = [r.artifact for r in records if r.HasField("artifact")]
     assert [(a.name, a.type) for a in artifacts] == [("digits-mlp", "model")]
     assert [e.path for e in artifacts[0].manifest.contents] == ["model.pt"]
+
+
+def test_a_modules_own_mlflow_starts_empty_and_keeps_its_artifacts_in_its_folder(local_mlflow, tmp_path):
+    "The `local_mlflow` fixture: a copy of one empty store per module, its Default experiment moved to its folder."
+    folder = Path(local_mlflow.removeprefix("sqlite:///")).parent
+    default = MlflowClient().get_experiment("0")
+    assert default.artifact_location == str(folder / "mlruns" / "0")
+    (tmp_path / "note.txt").write_text("kept")
+    with mlflow.start_run(experiment_id="0") as run:
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    assert (folder / "mlruns" / "0" / run.info.run_id / "artifacts" / "note.txt").read_text() == "kept"
