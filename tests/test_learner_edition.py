@@ -8,7 +8,8 @@ their runs are told apart from the solution edition's on the same server.
 
 Two ways: `make test` runs only the cells that this needs (the set-up section's, the stubs that
 nbgrader's markers left, and the checks), a kernel's start-up and seconds a notebook; `make
-test-all` also runs each notebook whole, training and helpers included (costly, conftest.py).
+test-all` runs each notebook whole instead, training and helpers included (costly, conftest.py),
+and asserts of it all that the quick way asserts (the `quick` mark: pyproject.toml).
 """
 
 import importlib.util
@@ -95,20 +96,26 @@ def assert_checks_fail_gently(name: str, nb, checks: list) -> None:
         assert "Not yet" in text, text
 
 
-@pytest.mark.parametrize("name", WITH_TASKS)
-def test_every_check_fails_gently_from_set_up_stubs_and_checks(name, folder, tracking_uri, monkeypatch):
-    "What a learner sees who runs the set-up, then each task's cell and its check, before writing anything."
-    monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
-    nb, setup, checks = execute_learner_edition(name, folder, quick=True)
+def check_the_learner_edition(name, folder, quick: bool) -> None:
+    "Run the learner's copy of exercise `name` (quick: set-up, stubs and checks only); the set-up raises nothing, every check fails gently."
+    nb, setup, checks = execute_learner_edition(name, folder, quick=quick)
     for cell in setup:
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"{name}: the set-up raised {errors}"
     assert_checks_fail_gently(name, nb, checks)
 
 
+@pytest.mark.quick  # make test-all runs the whole edition below in its place: that asserts all this asserts
+@pytest.mark.parametrize("name", WITH_TASKS)
+def test_every_check_fails_gently_from_set_up_stubs_and_checks(name, folder, tracking_uri, monkeypatch):
+    "What a learner sees who runs the set-up, then each task's cell and its check, before writing anything."
+    monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
+    check_the_learner_edition(name, folder, quick=True)
+
+
 @pytest.mark.slow  # costly (conftest.py): each exercise trained and served again
 @pytest.mark.parametrize("name", WITH_TASKS)
 def test_every_check_fails_gently_in_the_learner_edition(name, folder, tracking_uri, monkeypatch):
+    "What a learner sees who runs every cell, in order, before writing anything."
     monkeypatch.delenv("MLOPS_STRICT_CHECKS", raising=False)  # the learner's setting: a ✗ is printed, not raised
-    nb, _, checks = execute_learner_edition(name, folder, quick=False)
-    assert_checks_fail_gently(name, nb, checks)
+    check_the_learner_edition(name, folder, quick=False)
