@@ -5,13 +5,10 @@
 # %% ../nbs/core/06_registry.ipynb #b3286a68
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from .config import Config, InputError, MlopsError
 from .data import load_dataset, split_dataset
-from .reliability.guard import check_tracking_server, guarded_run, quick_http, server_lock
+from .reliability.guard import guarded_gate, guarded_run
 from .tracking import quiet_registration
 
 # %% auto #0
@@ -34,7 +31,6 @@ __all__ = [
     "CHALLENGER",
     "TRAINED",
     "DECISION",
-    "UNFINISHED",
     "RegistryError",
     "get_registered_model",
     "model_aliases",
@@ -58,7 +54,6 @@ __all__ = [
     "champion_history",
     "SplitMismatch",
     "check_same_split",
-    "marking_unfinished",
     "promote_if_better",
     "update_model_description",
     "rollback",
@@ -396,33 +391,6 @@ def check_same_split(name: str, champion, challenger, split_digest: str | None =
 
 # %% ../nbs/core/06_registry.ipynb #9a7e0003
 DECISION = "gate.decision"  # on a version: promoted, rejected, or unfinished (a gate began and has not decided)
-UNFINISHED = "unfinished"
-
-
-@contextlib.contextmanager
-def marking_unfinished(name: str, version: str) -> Iterator[None]:
-    "Mark `version`'s `gate.decision` unfinished while the block runs; put back what was there unless it decided."
-    client = MlflowClient()
-    before = client.get_model_version(name, version).tags.get(DECISION)
-    began = f"started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} by pid {os.getpid()} on {socket.gethostname()}"
-    mark = f"{UNFINISHED}: the gate {began}; if that process is gone, the gate did not finish"
-    client.set_model_version_tag(name, version, DECISION, mark)
-
-    def put_back() -> None:
-        if client.get_model_version(name, version).tags.get(DECISION) != mark:
-            return  # it decided
-        if before is None:
-            client.delete_model_version_tag(name, version, DECISION)
-        else:
-            client.set_model_version_tag(name, version, DECISION, before)
-
-    try:
-        yield
-    except BaseException:  # an error, Ctrl-C or SIGTERM: the command says why; the version is left as it was
-        with contextlib.suppress(Exception), quick_http():  # a server that is gone keeps the mark: still true
-            put_back()
-        raise
-    put_back()
 
 
 # %% ../nbs/core/06_registry.ipynb #9a7e0004
@@ -438,7 +406,7 @@ def promote_if_better(
 ) -> GateDecision:
     "Move `champion` to the challenger only if it wins on (X, y); record the scores and the decision."
     challenger = get_version(name, require_alias(name, CHALLENGER) if version is None else version)
-    with marking_unfinished(name, challenger.version):  # left on the version if this process dies mid-gate
+    with guarded_gate(name, challenger.version, DECISION) as locked:  # marked while it decides
         acc, scores = None, {}
         for _ in range(10):  # a compare-and-set: re-score whenever another command moved the champion meanwhile
             champion = version_for_alias(name, CHAMPION)
@@ -457,10 +425,10 @@ def promote_if_better(
                 promoted, challenger.version, acc, champion.version if champion else None, champ_acc, reason
             )
             if not promoted:  # a rejection stands even if the champion moved: a new champion beat the old one
-                with server_lock(f"gate.{name}"):  # rejected challengers at once would race to tag the champion
+                with locked():  # rejected challengers at once would race to tag the champion
                     _record(name, decision)
                 return decision
-            with server_lock(f"gate.{name}"):
+            with locked():  # compare-and-set: two gates never move `champion` at once
                 now = version_for_alias(name, CHAMPION)
                 if (now.version if now else None) != decision.champion:
                     continue  # the champion changed since it was read: compare with the new one
@@ -553,11 +521,14 @@ def deploy_model(
     if not (folder / "MLmodel").exists():
         raise InputError(f"{folder}: not an MLflow model folder (no MLmodel file in it)")
     test = split_dataset(load_dataset(cfg), cfg.data.splits, seed=cfg.data.split_seed).test  # bad data stops here
-    check_tracking_server(tracking_uri, "DEPLOY_MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri)
     tags = {"source": "mlops-deploy", "github.sha": os.environ.get("GITHUB_SHA", "")}
     with guarded_run(
-        "the deployment", experiment_name=f"{cfg.experiment_name}_deployments", run_name="ci_deploy", tags=tags
+        "the deployment",
+        tracking_uri=tracking_uri,  # asked once before anything is logged; MLflow's from here on
+        uri_from="DEPLOY_MLFLOW_TRACKING_URI",
+        experiment_name=f"{cfg.experiment_name}_deployments",
+        run_name="ci_deploy",
+        tags=tags,
     ) as run:
         mlflow.log_artifacts(str(folder), "model")
     r = cfg.registry

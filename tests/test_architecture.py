@@ -96,12 +96,12 @@ def test_the_core_enters_the_reliability_layer_through_its_seam(graph):
 
 
 # What each core module takes from the seam, by name (nbs/reliability/04_guard's last table says why): a run
-# that always ends, and for the two that work beside other processes (the gate's compare-and-set; a sweep's
-# claimed name, its workers and their proof of life) a few things more. Growing it is a decision, not a drift.
+# that always ends; the registry's gate, one context manager too (its mark, its lock); and the sweep's claimed
+# name, its workers and their proof of life. Growing it is a decision, not a drift.
 SEAM = {
     "tracking": {"guarded_run"},
     "pipeline": {"guarded_run"},
-    "registry": {"guarded_run", "server_lock", "quick_http", "check_tracking_server"},
+    "registry": {"guarded_run", "guarded_gate"},
     "sweep": {
         "guarded_run",
         "claim_run",

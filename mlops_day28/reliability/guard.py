@@ -11,17 +11,29 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mlops_day28.reliability.coordination import (
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    PID_TAG,
+    owner_alive,
+    owner_tags,
+    server_lock,
+)
+from mlops_day28.reliability.local_server import (
+    check_tracking_server,
+    mlflow_version_at,
+    server_log_reason,
+    silent_server,
+)
+
 from ..config import InputError, MlopsError, TrackingServerLost, one_line, state_dir
-from .coordination import HEARTBEAT_TAG, HOST_TAG, PID_TAG, owner_alive, owner_tags
-from .coordination import server_lock as server_lock
-from .local_server import check_tracking_server as check_tracking_server
-from .local_server import mlflow_version_at, server_log_reason, silent_server
 
 # %% auto #0
 __all__ = [
@@ -30,6 +42,7 @@ __all__ = [
     "HEARTBEAT_EVERY",
     "HEARTBEAT_TIMEOUT",
     "UNSENT",
+    "UNFINISHED",
     "ensure_experiment",
     "heartbeat",
     "presumed_dead",
@@ -48,6 +61,7 @@ __all__ = [
     "claim_run",
     "die_with_parent",
     "stop_workers",
+    "guarded_gate",
 ]
 
 # %% ../../nbs/reliability/04_guard.ipynb #98998288
@@ -317,11 +331,16 @@ def guarded_run(
     parent_run_id: str | None = None,  # start a child run of this one, with the client (not made the active run)
     experiment_name: str | None = None,  # log to this experiment (found or created by id, and made active)
     beat: bool = False,  # keep a heartbeat on the run while the block runs
+    tracking_uri: str | None = None,  # log there: asked once first (TrackingServerError if it does not answer)
+    uri_from: str = "MLFLOW_TRACKING_URI",  # where `tracking_uri` came from, for that error
     **start_run,  # mlflow.start_run's arguments (run_name, tags, experiment_id, nested, ...)
 ) -> Iterator:
     "`mlflow.start_run` for a run that always ends: owner tags, KILLED or FAILED on the way out, the journal when the server is gone."
     import mlflow
 
+    if tracking_uri is not None:  # a server that does not answer is named in seconds, before anything is logged
+        check_tracking_server(tracking_uri, uri_from)
+        mlflow.set_tracking_uri(tracking_uri)
     if run_id is not None:
         started = contextlib.nullcontext()
     else:
@@ -396,3 +415,39 @@ def stop_workers(processes: list, timeout: float = 15.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(5)
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #2b884644
+UNFINISHED = "unfinished"  # how a gate's mark begins: a gate began here and has not decided
+
+
+@contextlib.contextmanager
+def guarded_gate(
+    name: str,  # the registered model
+    version: str,  # the version the gate decides on
+    tag: str,  # the version's tag that holds the decision
+) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    "Mark `version` unfinished while the gate decides, put back unless it did; yields `locked()`, the gate's lock."
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    before = client.get_model_version(name, version).tags.get(tag)
+    began = f"started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} by pid {os.getpid()} on {socket.gethostname()}"
+    mark = f"{UNFINISHED}: the gate {began}; if that process is gone, the gate did not finish"
+    client.set_model_version_tag(name, version, tag, mark)
+
+    def put_back() -> None:
+        if client.get_model_version(name, version).tags.get(tag) != mark:
+            return  # it decided
+        if before is None:
+            client.delete_model_version_tag(name, version, tag)
+        else:
+            client.set_model_version_tag(name, version, tag, before)
+
+    try:
+        yield lambda: server_lock(f"gate.{name}")
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the command says why; the version is left as it was
+        with contextlib.suppress(Exception), quick_http():  # a server that is gone keeps the mark: still true
+            put_back()
+        raise
+    put_back()
