@@ -84,7 +84,7 @@ test: install lint ## before a commit: lint, the tests in tests/ and every noteb
 	$(PYTEST) -m "not costly"
 
 test-all: install lint ## everything, as CI runs it: make test and the costly tests (faults, team, scale, learner edition)
-	$(PYTEST) -m "not quick"
+	$(PYTEST)
 
 test-fast: install lint ## the unit tier: no notebooks, no servers, nothing slow (seconds, for the edit-test loop)
 	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -m "not notebook and not server and not slow" -p no:nbval

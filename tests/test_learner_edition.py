@@ -6,10 +6,10 @@ must answer with a ✗ and a hint: this shows every check able to fail, and that
 answer is never a traceback. The copies run in a folder of their own inside the project, so
 their runs are told apart from the solution edition's on the same server.
 
-Two ways: `make test` runs only the cells that this needs (the set-up section's, the stubs that
-nbgrader's markers left, and the checks), a kernel's start-up and seconds a notebook; `make
-test-all` runs each notebook whole instead, training and helpers included (costly, conftest.py),
-and asserts of it all that the quick way asserts (the `quick` mark: pyproject.toml).
+Two ways, two learners: one who runs the set-up, then each task's cell and its check (the stubs
+that nbgrader's markers left), a kernel's start-up and seconds a notebook (`make test`); one who
+runs every cell in order, training and helpers included (costly, conftest.py: `make test-all`
+runs both). Each asserts that the set-up raises nothing and that every check fails gently.
 """
 
 import importlib.util
@@ -105,7 +105,6 @@ def check_the_learner_edition(name, folder, quick: bool) -> None:
     assert_checks_fail_gently(name, nb, checks)
 
 
-@pytest.mark.quick  # make test-all runs the whole edition below in its place: that asserts all this asserts
 @pytest.mark.parametrize("name", WITH_TASKS)
 def test_every_check_fails_gently_from_set_up_stubs_and_checks(name, folder, tracking_uri, monkeypatch):
     "What a learner sees who runs the set-up, then each task's cell and its check, before writing anything."
