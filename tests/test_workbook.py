@@ -74,8 +74,17 @@ def test_two_at_a_time_in_the_order_the_registry_needs(tmp_path, tracking_uri, r
     (nbs / "01_side.ipynb").unlink()
     notebook(nbs / "00_fails.ipynb", "1 / 0")  # not an exercise: ignored
     notebook(nbs / "01_fails.ipynb", "1 / 0")
+    # 02 ends only once 01 has failed (its executed copy saved, then 2 s for the runner to hear of it), however long
+    # 01's kernel takes to start (a port taken meanwhile starts it again): else 03 may rightly start after 02
+    failed_copy = tmp_path / "out" / "01_fails.ipynb"
+    notebook(
+        nbs / "02_registry.ipynb",
+        f"import time; from pathlib import Path\ndeadline = time.monotonic() + 120\n"
+        f"while not Path({str(failed_copy)!r}).exists() and time.monotonic() < deadline:\n    time.sleep(0.1)\n"
+        "time.sleep(2)",
+    )
     (nbs / "03.start").unlink()
-    r = run("--nbs", nbs, "--out", tmp_path / "out", tracking_uri=tracking_uri)
+    r = run("--nbs", nbs, "--out", tmp_path / "out", "--jobs", 2, tracking_uri=tracking_uri)
     assert r.returncode == 1
     assert "01_fails.ipynb ... FAILED" in r.stdout and "02_registry.ipynb ... ok" in r.stdout
     assert "03_pipeline" not in r.stdout and not (nbs / "03.start").exists()  # waited for 02, then a failure
