@@ -79,7 +79,7 @@ def test_two_at_a_time_in_the_order_the_registry_needs(tmp_path, tracking_uri, r
     failed_copy = tmp_path / "out" / "01_fails.ipynb"
     notebook(
         nbs / "02_registry.ipynb",
-        f"import time; from pathlib import Path\ndeadline = time.monotonic() + 120\n"
+        "import time; from pathlib import Path\ndeadline = time.monotonic() + 120\n"
         f"while not Path({str(failed_copy)!r}).exists() and time.monotonic() < deadline:\n    time.sleep(0.1)\n"
         "time.sleep(2)",
     )

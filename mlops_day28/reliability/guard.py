@@ -18,22 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mlops_day28.reliability.coordination import (
-    HEARTBEAT_TAG,
-    HOST_TAG,
-    PID_TAG,
-    owner_alive,
-    owner_tags,
-    server_lock,
-)
-from mlops_day28.reliability.local_server import (
-    check_tracking_server,
-    mlflow_version_at,
-    server_log_reason,
-    silent_server,
-)
-
 from ..config import InputError, MlopsError, TrackingServerLost, one_line, state_dir
+from .coordination import HEARTBEAT_TAG, HOST_TAG, PID_TAG, owner_alive, owner_tags, server_lock
+from .local_server import check_tracking_server, mlflow_version_at, server_log_reason, silent_server
 
 # %% auto #0
 __all__ = [
