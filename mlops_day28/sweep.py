@@ -10,13 +10,10 @@ import hashlib
 import importlib
 import itertools
 import json
-import multiprocessing
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,16 +32,8 @@ from mlops_day28.config import (
     flatten_config,
     with_values,
 )
-from mlops_day28.reliability.guard import (
-    claim_run,
-    die_with_parent,
-    ensure_experiment,
-    guarded_run,
-    heartbeat,
-    live_owner,
-    stop_workers,
-)
 
+from .reliability.guard import claim_run, guarded_run, guarded_workers
 from .tracking import MLflowEpochLogger, git_tags, plot_heatmaps, plot_parallel_coordinates
 from .training import prepare_training, progress_bar
 
@@ -59,9 +48,8 @@ __all__ = [
     "grid_points",
     "TrialResult",
     "run_trial",
-    "mp_context",
     "sweep_children",
-    "abandon_dead_trials",
+    "completed",
     "SweepError",
     "find_sweep",
     "start_sweep",
@@ -242,12 +230,6 @@ def _run_trial(cfg_data, source, values, parent_run_id, experiment_id, tags, rep
     return TrialResult(values, rid, "complete", best["val_accuracy"], best["val_loss"])
 
 
-# %% ../nbs/core/08_sweep.ipynb #c7a10002
-def mp_context():
-    "Fork on Linux (workers start at once); spawn elsewhere."
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-
-
 # %% ../nbs/core/08_sweep.ipynb #5a455edc
 def sweep_children(parent_run_id: str) -> list:
     "The child runs (trials) of a sweep, oldest first."
@@ -261,28 +243,10 @@ def sweep_children(parent_run_id: str) -> list:
     )
 
 
-# %% ../nbs/core/08_sweep.ipynb #524ee1f0
-def abandon_dead_trials(children: list, client, wait: float = 15.0) -> list[str]:
-    "Close and delete every child that did not complete and whose worker is provably dead; their points run again."
-    unfinished = [
-        c for c in children if not (c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete")
-    ]
-    deadline = time.monotonic() + wait
-    while any(c.info.status == "RUNNING" and live_owner(c.data.tags) for c in unfinished):
-        if time.monotonic() > deadline:  # a live worker of this sweep: never touch its trial
-            live = sorted({live_owner(c.data.tags) for c in unfinished} - {None})
-            raise MlopsError(
-                f"trials of this sweep are still running ({'; '.join(live)}); "
-                "wait for them to end, or stop them, then run the sweep again"
-            )
-        time.sleep(0.5)  # workers of a sweep that just died are ending (die_with_parent)
-        unfinished = [client.get_run(c.info.run_id) for c in unfinished]
-    for c in unfinished:
-        if c.info.status == "RUNNING":
-            client.set_terminated(c.info.run_id, "KILLED")
-        client.set_tag(c.info.run_id, "sweep.state", "abandoned")
-        client.delete_run(c.info.run_id)  # in the trash, recoverable; the grid point runs again
-    return [c.info.run_id for c in unfinished]
+# %% ../nbs/core/08_sweep.ipynb #e906a0de
+def completed(run) -> bool:
+    "Whether a trial's run finished with a result (`sweep.state: complete`): a resumed sweep never runs it again."
+    return run.info.status == "FINISHED" and run.data.tags.get("sweep.state") == "complete"
 
 
 # %% ../nbs/core/08_sweep.ipynb #be607471
@@ -317,7 +281,6 @@ def find_sweep(name: str, experiment_name: str) -> str | None:
 def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
     "Claim the sweep's name: create its parent run, or take over a dead one to resume. Returns (parent, experiment, resumed)."
     client, name, digest = MlflowClient(), cfg.sweep.name, _config_digest(cfg)
-    exp_id = ensure_experiment(cfg.experiment_name)
 
     def found():  # the sweep of this name, if there is one: it must be this sweep
         parent_id = find_sweep(name, cfg.experiment_name)
@@ -339,12 +302,13 @@ def start_sweep(cfg: Config, strategy: str) -> tuple[str, str, bool]:
             f"to finish (this command then resumes it), or set another sweep.name (e.g. --set sweep.name={name}_2)"
         )
 
-    parent_id, resumed = claim_run(
-        f"sweep.{exp_id}.{name}", found, lambda tags: new_parent_run(cfg, exp_id, strategy, tags), busy
-    )
-    if resumed:  # ours now: the trials its dead workers left unfinished run again
-        abandon_dead_trials(sweep_children(parent_id), client)
-    return parent_id, exp_id, resumed
+    def unfinished(parent_id: str) -> list:  # on a takeover, those of dead workers are set aside and run again
+        return [c for c in sweep_children(parent_id) if not completed(c)]
+
+    def create(exp_id: str, tags: dict[str, str]) -> str:
+        return new_parent_run(cfg, exp_id, strategy, tags)
+
+    return claim_run("sweep", name, cfg.experiment_name, found, create, busy, unfinished)
 
 
 # %% ../nbs/core/08_sweep.ipynb #1ac00162
@@ -426,32 +390,13 @@ def run_trials(
     args = (cfg.model_dump(), str(cfg.source) if cfg.source else None)
     label = f"trials ({n_jobs} worker{'s' if n_jobs > 1 else ''})"
     bar = progress_bar(total=len(points), desc=label, disable=not (progress and points))  # none if all are done
+    named = [{**tags, "run_name": trial_run_name(p, cfg.sweep.grid)} for p in points]  # what the grid searches
+    calls = [(*args, p, parent_run_id, experiment_id, t) for p, t in zip(points, named, strict=True)]
     results = []
-
-    def named(p: dict) -> dict:  # the run name shows only what the grid searches
-        return {**tags, "run_name": trial_run_name(p, cfg.sweep.grid)}
-
-    if n_jobs == 1 or len(points) <= 1:
-        with heartbeat(parent_run_id):
-            for p in points:
-                results.append(run_trial(*args, p, parent_run_id, experiment_id, named(p)))
-                bar.update()
-    else:
-        pool = ProcessPoolExecutor(
-            max_workers=n_jobs, mp_context=mp_context(), initializer=die_with_parent, initargs=(os.getpid(),)
-        )
-        try:
-            futures = [pool.submit(run_trial, *args, p, parent_run_id, experiment_id, named(p)) for p in points]
-            with heartbeat(parent_run_id):  # a thread: started only after the workers were forked
-                for f in as_completed(futures):
-                    results.append(f.result())
-                    bar.update()
-        except BaseException:  # Ctrl-C, SIGTERM, or a worker that failed: stop the others now, not after their trials
-            workers = list((pool._processes or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            stop_workers(workers)
-            raise
-        pool.shutdown()
+    with guarded_workers(parent_run_id, n_jobs) as workers:  # they die with the sweep; the parent beats meanwhile
+        for result in workers.as_completed(run_trial, calls):
+            results.append(result)
+            bar.update()
     bar.close()
     order = {trial_key(p): i for i, p in enumerate(points)}
     return sorted(results, key=lambda r: order[trial_key(r.values)])
@@ -519,11 +464,7 @@ def run_grid_sweep(
     points = grid_points(cfg.sweep.grid)
     parent_id, exp_id, resumed = start_sweep(cfg, "grid")
     with guarded_run("the sweep", cfg.root, run_id=parent_id):  # KILLED on Ctrl-C/SIGTERM, FAILED (and why) on errors
-        done = {
-            c.data.tags.get("sweep.trial_key")
-            for c in sweep_children(parent_id)
-            if c.info.status == "FINISHED" and c.data.tags.get("sweep.state") == "complete"
-        }
+        done = {c.data.tags.get("sweep.trial_key") for c in sweep_children(parent_id) if completed(c)}
         missing = [p for p in points if trial_key(p) not in done]
         todo = missing[:limit]
         tags = {"sweep.name": cfg.sweep.name, "sweep.strategy": "grid"}
@@ -645,13 +586,6 @@ def tpe_worker(
     )
 
 
-# %% ../nbs/core/08_sweep.ipynb #fad5507d
-def _worker(target, parent_pid: int, *args) -> None:
-    "A TPE worker process that dies with its sweep (see `die_with_parent`)."
-    die_with_parent(parent_pid)
-    target(*args)
-
-
 # %% ../nbs/core/08_sweep.ipynb #7abf5408
 def run_tpe_sweep(
     cfg: Config,
@@ -671,28 +605,13 @@ def run_tpe_sweep(
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         before = {t.number for t in study.get_trials(deepcopy=False)}
         args = (cfg.model_dump(), str(cfg.source) if cfg.source else None, study_name, url, parent_id, exp_id, n_trials)
-        if n_jobs == 1:
-            with heartbeat(parent_id):
-                tpe_worker(*args, cfg.seed)
-        else:
-            worker = importlib.import_module("mlops_day28.sweep").tpe_worker
-            procs = [
-                mp_context().Process(target=_worker, args=(worker, os.getpid(), *args, cfg.seed + i))
-                for i in range(n_jobs)
-            ]
-            try:
-                for p in procs:
-                    p.start()
-                with heartbeat(parent_id):  # a thread: started only after the workers were forked
-                    for p in procs:
-                        p.join()
-            except BaseException:
-                stop_workers([p for p in procs if p.pid is not None])
-                raise
-            if any(p.exitcode for p in procs):
-                raise MlopsError(
-                    f"a TPE worker exited with code {[p.exitcode for p in procs]}; finished trials are kept"
-                )
+        worker = importlib.import_module(
+            "mlops_day28.sweep"
+        ).tpe_worker  # the package's: a notebook's cannot be spawned
+        with guarded_workers(parent_id, n_jobs) as workers:  # each its own process, dying with the sweep
+            codes = workers.each(worker, [(*args, cfg.seed + i) for i in range(n_jobs)])
+        if any(codes):
+            raise MlopsError(f"a TPE worker exited with code {codes}; finished trials are kept")
     trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
     ran = [
         TrialResult(

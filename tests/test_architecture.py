@@ -96,21 +96,13 @@ def test_the_core_enters_the_reliability_layer_through_its_seam(graph):
 
 
 # What each core module takes from the seam, by name (nbs/reliability/04_guard's last table says why): a run
-# that always ends; the registry's gate, one context manager too (its mark, its lock); and the sweep's claimed
-# name, its workers and their proof of life. Growing it is a decision, not a drift.
+# that always ends; the registry's gate, one context manager too (its mark, its lock); the sweep's claimed
+# name and its workers. Growing it is a decision, not a drift.
 SEAM = {
     "tracking": {"guarded_run"},
     "pipeline": {"guarded_run"},
     "registry": {"guarded_run", "guarded_gate"},
-    "sweep": {
-        "guarded_run",
-        "claim_run",
-        "ensure_experiment",
-        "live_owner",
-        "heartbeat",
-        "die_with_parent",
-        "stop_workers",
-    },
+    "sweep": {"guarded_run", "claim_run", "guarded_workers"},
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -16,7 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 from ..config import InputError, MlopsError, TrackingServerLost, one_line, state_dir
 from .coordination import HEARTBEAT_TAG, HOST_TAG, PID_TAG, owner_alive, owner_tags, server_lock
@@ -45,9 +48,13 @@ __all__ = [
     "end_run",
     "closing_run",
     "guarded_run",
+    "Claim",
     "claim_run",
     "die_with_parent",
     "stop_workers",
+    "mp_context",
+    "Workers",
+    "guarded_workers",
     "guarded_gate",
 ]
 
@@ -347,27 +354,65 @@ def guarded_run(
 
 
 # %% ../../nbs/reliability/04_guard.ipynb #9e86507a
+class Claim(NamedTuple):
+    "A run this process claimed: its id, its experiment's id, and whether it was taken over from a dead owner."
+
+    run_id: str
+    experiment_id: str
+    resumed: bool
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #113cbfba
 def claim_run(
-    key: str,  # what is claimed, e.g. "sweep.<experiment id>.<name>": one claim of it at a time
+    kind: str,  # what is claimed, e.g. "sweep"
+    name: str,  # its name: one claim of a kind's name in an experiment at a time
+    experiment_name: str,  # the run's experiment, found or created
     find: Callable,  # () -> the run to resume (an mlflow Run), or None; may raise to refuse it
-    create: Callable[[dict[str, str]], str],  # (owner tags) -> the id of a new run carrying them
+    create: Callable[[str, dict[str, str]], str],  # (experiment id, owner tags) -> the id of a new run carrying them
     busy: Callable[[str], Exception],  # (its live owner, `pid P on HOST`) -> the error that refuses
-) -> tuple[str, bool]:
-    "The run of `key`, made or taken over by this process: (run id, whether it was taken over)."
+    unfinished: Callable[[str], list] | None = None,  # (run id) -> the runs it left unfinished (a sweep's trials)
+    wait: float = 15.0,  # seconds the owners of those may take to end (workers of a process that just died)
+) -> Claim:
+    "The run of `name`, made or taken over by this process; on a takeover, what its dead owners left unfinished is set aside."
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
 
-    client = MlflowClient()
-    with server_lock(key):  # find-or-create is atomic: one run per key, one owner at a time
+    client, exp_id = MlflowClient(), ensure_experiment(experiment_name)
+    with server_lock(f"{kind}.{exp_id}.{name}"):  # find-or-create is atomic: one run per name, one owner at a time
         run = find()
         if run is None:
-            return create(owner_tags()), False
+            return Claim(create(exp_id, owner_tags()), exp_id, False)
         owner = live_owner(run.data.tags)
         if run.info.status == "RUNNING" and owner:
             raise busy(owner)
         client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])  # ours now
         client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id, True
+    if unfinished is not None:  # its dead workers' runs: their work is done again
+        _set_aside(unfinished(run.info.run_id), kind, wait)
+    return Claim(run.info.run_id, exp_id, True)
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #ecbc2a80
+def _set_aside(runs: list, kind: str, wait: float) -> list[str]:
+    "End KILLED, tag `<kind>.state: abandoned` and delete each of `runs` once its owner is provably dead; their ids."
+    from mlflow import MlflowClient
+
+    client, deadline = MlflowClient(), time.monotonic() + wait
+    while any(r.info.status == "RUNNING" and live_owner(r.data.tags) for r in runs):
+        if time.monotonic() > deadline:  # a live worker: never touch its run
+            live = sorted({live_owner(r.data.tags) for r in runs} - {None})
+            raise MlopsError(
+                f"runs of this {kind} are still running ({'; '.join(live)}); "
+                f"wait for them to end, or stop them, then run the {kind} again"
+            )
+        time.sleep(0.5)  # the workers of a process that just died are ending (`die_with_parent`)
+        runs = [client.get_run(r.info.run_id) for r in runs]
+    for r in runs:
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "KILLED")
+        client.set_tag(r.info.run_id, f"{kind}.state", "abandoned")
+        client.delete_run(r.info.run_id)  # in the trash, recoverable
+    return [r.info.run_id for r in runs]
 
 
 # %% ../../nbs/reliability/04_guard.ipynb #99fdc1d7
@@ -402,6 +447,92 @@ def stop_workers(processes: list, timeout: float = 15.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(5)
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #18956ec2
+def mp_context():
+    "Fork on Linux (workers start at once, with everything imported); spawn elsewhere."
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #39be246b
+def _dying_with(parent_pid: int, target: Callable, *args) -> None:
+    "A worker process of `each`: `die_with_parent`, then `target(*args)`."
+    die_with_parent(parent_pid)
+    target(*args)
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #62ef3f4d
+class Workers:
+    "The worker processes of one run (made by `guarded_workers`): each dies with this process; the run beats once they are forked."
+
+    def __init__(self, run_id: str, n_jobs: int):
+        self.run_id, self.n_jobs, self.processes, self.pool = run_id, n_jobs, [], None
+        self._beat = contextlib.ExitStack()
+
+    def _beating(self) -> None:  # a thread: started only once every worker is forked
+        if not self._beat._exit_callbacks:
+            self._beat.enter_context(heartbeat(self.run_id))
+
+    def as_completed(self, fn: Callable, calls: list[tuple]) -> Iterator:
+        "`fn(*args)` for each `args` of `calls` in a pool of `n_jobs` processes (1, or one call: here); results as they come."
+        if self.n_jobs == 1 or len(calls) <= 1:
+            self._beating()
+            yield from (fn(*args) for args in calls)
+            return
+        self.pool = ProcessPoolExecutor(
+            self.n_jobs, mp_context=mp_context(), initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        futures = [self.pool.submit(fn, *args) for args in calls]  # a forking pool forks all its workers at once
+        self._beating()
+        for f in as_completed(futures):
+            yield f.result()
+
+    def each(self, target: Callable, calls: list[tuple]) -> list[int]:
+        "`target(*args)` in a process of its own for each `args` of `calls` (`n_jobs` 1: here, in turn); their exit codes."
+        if self.n_jobs == 1:
+            self._beating()
+            for args in calls:
+                target(*args)
+            return [0] * len(calls)
+        self.processes = [mp_context().Process(target=_dying_with, args=(os.getpid(), target, *a)) for a in calls]
+        for p in self.processes:
+            p.start()
+        self._beating()
+        for p in self.processes:
+            p.join()
+        return [p.exitcode for p in self.processes]
+
+    def stop(self) -> None:
+        "Stop every worker now, not after its trial: SIGTERM (its run ends KILLED), SIGKILL after 15 s."
+        workers = [p for p in self.processes if p.pid is not None]
+        if self.pool is not None:
+            workers += list((self.pool._processes or {}).values())  # the pool lists its processes nowhere public
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(workers)
+
+    def close(self) -> None:
+        "The heartbeat stopped, the pool (if any) shut down."
+        self._beat.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# %% ../../nbs/reliability/04_guard.ipynb #12c1b7ff
+@contextlib.contextmanager
+def guarded_workers(
+    run_id: str,  # the run they work for: it beats while they work
+    n_jobs: int = 1,  # worker processes (1: the work runs in this process)
+) -> Iterator[Workers]:
+    "Worker processes for `run_id` that die with this process; an error, Ctrl-C or SIGTERM in the block stops them at once."
+    workers = Workers(run_id, n_jobs)
+    try:
+        yield workers
+    except BaseException:  # Ctrl-C, SIGTERM, or a worker that failed: stop the others now, not after their trials
+        workers.stop()
+        raise
+    finally:
+        workers.close()
 
 
 # %% ../../nbs/reliability/04_guard.ipynb #2b884644
