@@ -771,9 +771,10 @@ def _end() -> None:
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()  # a kernel waits for them too; pytest kills this process if they never end
+    # What Python's exit does first: threading's own exit hooks (they wake the idle workers of a thread pool nobody
+    # shut down, which would otherwise wait for work for ever), then every non-daemon thread joined. A kernel waits
+    # for them too; pytest kills this process if they never end.
+    threading._shutdown()
     atexit._run_exitfuncs()  # what a notebook registered: servers stopped, temporary folders removed, logs flushed
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

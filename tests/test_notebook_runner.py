@@ -174,6 +174,22 @@ def test_a_process_that_does_not_end_after_its_last_cell_is_stopped_saying_where
     assert run(parent, notebook(tmp_path, "x = 1")) == []  # the parent goes on
 
 
+@RUNS_NOTEBOOKS
+def test_a_thread_pool_left_open_ends_with_the_notebook_as_in_a_kernel(parent, tmp_path, monkeypatch):
+    "Python's exit wakes the idle workers of a pool nobody shut down (MLflow keeps some), then joins them: so does `_end`."
+    monkeypatch.setattr(conftest, "_END", 20.0)
+    path = notebook(
+        tmp_path,
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "pool = ThreadPoolExecutor(4)\n"
+        "assert [f.result() for f in [pool.submit(pow, 2, n) for n in range(8)]] == [2**n for n in range(8)]",
+        "import atexit\n"
+        "atexit.register(lambda: open('ended', 'w').write('atexit ran'))  # after the threads, as Python does",
+    )
+    assert run(parent, path) == []
+    assert (tmp_path / "ended").read_text() == "atexit ran"
+
+
 @pytest.mark.slow  # collects every notebook (3 s)
 def test_the_session_runs_the_exercises_on_nbval_and_the_other_notebooks_warm():
     "Collected only: the notebooks' items, as `pytest nbs` makes them."

@@ -468,11 +468,12 @@ class Workers:
 
     def __init__(self, run_id: str, n_jobs: int):
         self.run_id, self.n_jobs, self.processes, self.pool = run_id, n_jobs, [], None
-        self._beat = contextlib.ExitStack()
+        self._beat, self.beating = contextlib.ExitStack(), False
 
     def _beating(self) -> None:  # a thread: started only once every worker is forked
-        if not self._beat._exit_callbacks:
+        if not self.beating:
             self._beat.enter_context(heartbeat(self.run_id))
+            self.beating = True
 
     def as_completed(self, fn: Callable, calls: list[tuple]) -> Iterator:
         "`fn(*args)` for each `args` of `calls` in a pool of `n_jobs` processes (1, or one call: here); results as they come."
