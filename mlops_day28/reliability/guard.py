@@ -393,8 +393,8 @@ def claim_run(
 
 
 # %% ../../nbs/reliability/04_guard.ipynb #ecbc2a80
-def _set_aside(runs: list, kind: str, wait: float) -> list[str]:
-    "End KILLED, tag `<kind>.state: abandoned` and delete each of `runs` once its owner is provably dead; their ids."
+def _set_aside(runs: list, kind: str, wait: float) -> None:
+    "End KILLED, tag `<kind>.state: abandoned` and delete each of `runs` once its owner is provably dead."
     from mlflow import MlflowClient
 
     client, deadline = MlflowClient(), time.monotonic() + wait
@@ -412,7 +412,6 @@ def _set_aside(runs: list, kind: str, wait: float) -> list[str]:
             client.set_terminated(r.info.run_id, "KILLED")
         client.set_tag(r.info.run_id, f"{kind}.state", "abandoned")
         client.delete_run(r.info.run_id)  # in the trash, recoverable
-    return [r.info.run_id for r in runs]
 
 
 # %% ../../nbs/reliability/04_guard.ipynb #99fdc1d7
